@@ -1,0 +1,221 @@
+"""Kafka clients (kafka-python), topic provisioning from the catalog, and the schema registry topic."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from gdx.common.avro import SchemaCatalog, WriterSchema
+from gdx.common.envelope import Envelope
+from gdx.common.errors import ConfigurationError, TransientError
+from gdx.common.settings import Settings
+from gdx.common.topics import TopicCatalog
+
+log = logging.getLogger(__name__)
+
+SCHEMAS_TOPIC = "gdx.schemas"
+
+
+def client_config(bootstrap: str, settings: Any | None = None) -> dict[str, Any]:
+    """Connection settings shared by every client; SASL/SCRAM over TLS when the broker is secured."""
+    config: dict[str, Any] = {"bootstrap_servers": bootstrap.split(",")}
+    if settings is not None and getattr(settings, "kafka_security", "plaintext") == "sasl_ssl":
+        password_file = getattr(settings, "kafka_password_file", None)
+        if not password_file:
+            raise ConfigurationError("GDX_KAFKA_PASSWORD_FILE is required with GDX_KAFKA_SECURITY=sasl_ssl")
+        config.update(
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_plain_username=settings.kafka_username,
+            sasl_plain_password=password_file.read_text().strip(),
+            ssl_cafile=str(settings.kafka_ca_file) if settings.kafka_ca_file else None,
+            ssl_check_hostname=True,
+        )
+    return config
+
+
+def make_producer(settings: Settings, client_id: str, **overrides: Any) -> KafkaProducer:
+    config = dict(
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        compression_type="lz4" if _has_lz4() else "gzip",
+        max_request_size=settings.max_message_bytes + 64 * 1024,
+        batch_size=256 * 1024,
+        retries=2**31 - 1,
+        delivery_timeout_ms=120_000,
+        request_timeout_ms=30_000,
+        max_in_flight_requests_per_connection=5,
+    )
+    config.update(overrides)
+    return KafkaProducer(**client_config(settings.kafka_bootstrap, settings), **config)
+
+
+def make_consumer(settings: Settings, group_id: str | None, client_id: str, **overrides: Any) -> KafkaConsumer:
+    config = dict(
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=settings.max_message_bytes + 64 * 1024,
+        fetch_max_bytes=max(52_428_800, settings.max_message_bytes * 2),
+        max_poll_records=50,
+        max_poll_interval_ms=600_000,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=3_000,
+        isolation_level="read_committed",
+    )
+    config.update(overrides)
+    return KafkaConsumer(**client_config(settings.kafka_bootstrap, settings), **config)
+
+
+def make_admin(settings: Settings, client_id: str = "gdx-admin") -> KafkaAdminClient:
+    return KafkaAdminClient(**client_config(settings.kafka_bootstrap, settings), client_id=client_id,
+                            request_timeout_ms=30_000)
+
+
+def _has_lz4() -> bool:
+    try:
+        import lz4  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class TopicChange:
+    topic: str
+    action: str  # created, partitions, config, unchanged
+
+
+def apply_topics(settings: Settings, catalog: TopicCatalog, extra: Iterable[str] = (),
+                 raw_retention_ms: int | None = None, replication: int | None = None) -> list[TopicChange]:
+    """Create or update every catalog topic (and `extra` feed topics) idempotently."""
+    admin = make_admin(settings)
+    try:
+        brokers = len(admin.describe_cluster().get("brokers", [])) or 1
+        rf = replication or min(3, brokers)
+        existing = set(admin.list_topics())
+        wanted = [(catalog.name(s.name), s) for s in catalog.specs] + [(t, catalog.spec(t)) for t in extra]
+        changes: list[TopicChange] = []
+        to_create = []
+        for name, spec in wanted:
+            cfg = spec.config(settings.max_message_bytes, raw_retention_ms)
+            if rf >= 3:
+                cfg["min.insync.replicas"] = "2"
+            if name not in existing:
+                to_create.append(NewTopic(name, spec.partitions, rf, topic_configs=cfg))
+                changes.append(TopicChange(name, "created"))
+        if to_create:
+            try:
+                admin.create_topics(to_create)
+            except TopicAlreadyExistsError:
+                pass
+        existing_specs = [(n, s) for n, s in wanted if n in existing]
+        if existing_specs:
+            described = {d["topic"]: d for d in admin.describe_topics([n for n, _ in existing_specs])}
+            grow = {}
+            for name, spec in existing_specs:
+                have = len(described.get(name, {}).get("partitions", []))
+                if have < spec.partitions:
+                    grow[name] = NewPartitions(spec.partitions)
+                    changes.append(TopicChange(name, "partitions"))
+            if grow:
+                admin.create_partitions(grow)
+            resources = [ConfigResource(ConfigResourceType.TOPIC, n,
+                                        configs=s.config(settings.max_message_bytes, raw_retention_ms))
+                         for n, s in existing_specs]
+            admin.alter_configs(resources)
+            changes += [TopicChange(n, "config") for n, _ in existing_specs if n not in grow]
+        return changes
+    finally:
+        admin.close()
+
+
+def check_topics(settings: Settings, names: Iterable[str]) -> None:
+    """Refuse to run when a topic the service needs does not exist (no broker-side auto-creation)."""
+    admin = make_admin(settings)
+    try:
+        existing = set(admin.list_topics())
+    except KafkaError as exc:
+        raise TransientError(f"cannot list topics at {settings.kafka_bootstrap}: {exc}") from exc
+    finally:
+        admin.close()
+    missing = sorted(set(names) - existing)
+    if missing:
+        raise ConfigurationError(f"topics missing: {', '.join(missing)} (run `gdx topics apply`)")
+
+
+class EventProducer:
+    """Encodes values with the schema catalog, adds envelope headers, and publishes each writer
+    schema on gdx.schemas before its first use."""
+
+    def __init__(self, settings: Settings, schemas: SchemaCatalog, topics: TopicCatalog, client_id: str,
+                 producer: KafkaProducer | None = None):
+        self.settings = settings
+        self.schemas = schemas
+        self.topics = topics
+        self.producer = producer or make_producer(settings, client_id)
+        self._published: set[bytes] = set()
+        self._schemas_topic = topics.name(SCHEMAS_TOPIC)
+
+    def publish_schema(self, ws: WriterSchema) -> None:
+        if ws.fingerprint in self._published:
+            return
+        fut = self.producer.send(self._schemas_topic, key=ws.fingerprint_hex.encode(), value=ws.json.encode(),
+                                 headers=[("gdx-schema", ws.name.encode())])
+        fut.get(timeout=60)
+        self._published.add(ws.fingerprint)
+
+    def send(self, topic: str, key: str | bytes | None, schema: str, value: dict[str, Any],
+             envelope: Envelope, partition: int | None = None) -> Any:
+        ws = self.schemas.writer(schema)
+        self.publish_schema(ws)
+        data = self.schemas.encode(schema, value)
+        if len(data) > self.settings.max_message_bytes:
+            from gdx.common.errors import PermanentError
+
+            raise PermanentError(f"{schema} event of {len(data)} bytes exceeds the {self.settings.max_message_bytes}"
+                                 " byte limit (lower the batch size)", reason_code="too-large")
+        env = Envelope(**{**envelope.__dict__, "schema": schema, "fingerprint": ws.fingerprint_hex})
+        kbytes = key.encode() if isinstance(key, str) else key
+        return self.producer.send(topic, key=kbytes, value=data, headers=env.headers(), partition=partition)
+
+    def flush(self, timeout: float = 120) -> None:
+        self.producer.flush(timeout=timeout)
+
+    def close(self) -> None:
+        try:
+            self.producer.flush(timeout=30)
+        finally:
+            self.producer.close(timeout=30)
+
+
+def read_schema_topic(settings: Settings, topics: TopicCatalog, catalog: SchemaCatalog | None = None,
+                      timeout_s: float = 30) -> SchemaCatalog:
+    """A schema catalog built only from gdx.schemas: what a consumer with nothing of this repo has."""
+    from kafka import TopicPartition
+
+    cat = catalog or SchemaCatalog({})
+    consumer = make_consumer(settings, None, "gdx-schema-reader")
+    try:
+        tp = TopicPartition(topics.name(SCHEMAS_TOPIC), 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        deadline = time.monotonic() + timeout_s
+        while consumer.position(tp) < end and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for rec in records:
+                    if rec.value:
+                        cat.learn(rec.value.decode())
+        return cat
+    finally:
+        consumer.close()

@@ -1,0 +1,358 @@
+"""The one runner every stream service uses: decode, call the pure handler, produce, commit.
+
+Offsets are committed only after every output of the events before them is acknowledged by the
+broker (acks=all) and the handler's own state is saved: at-least-once delivery. A transient error
+is retried a bounded number of times, then the process exits non-zero (75) for its supervisor to
+restart it; a permanent one is dead-lettered (reason, source position, payload checksum; never the
+payload) and the next event is processed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
+
+from kafka import TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+
+from gdx.common.avro import SchemaCatalog
+from gdx.common.envelope import Envelope, new_envelope, stable_id
+from gdx.common.errors import PermanentError, TransientError
+from gdx.common.kafka import EventProducer, check_topics, make_consumer
+from gdx.common.logs import correlation_id
+from gdx.common.metrics import HealthServer, Metrics, now_ms
+from gdx.common.service import ServiceSettings
+from gdx.common.topics import TopicCatalog
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_TOPIC = "gdx.ops.deadletters.v1"
+EXIT_TRANSIENT = 75
+
+
+@dataclass
+class Event:
+    """One decoded input event, as a handler sees it."""
+
+    topic: str  # logical (catalog) name
+    partition: int
+    offset: int
+    key: bytes | None
+    schema: str
+    value: dict[str, Any]
+    envelope: Envelope
+    size: int = 0
+
+
+@dataclass
+class Output:
+    """One event a handler wants produced."""
+
+    topic: str  # logical (catalog) name, or a physical feed topic from TopicCatalog.feed
+    key: str | bytes | None
+    schema: str
+    value: dict[str, Any]
+    event_id: str
+    partition: int | None = None
+
+
+class Handler(Protocol):
+    def handle(self, event: Event) -> Iterable[Output]: ...
+
+
+@dataclass
+class RunnerStats:
+    processed: int = 0
+    dead_lettered: int = 0
+    produced: int = 0
+    last_poll: float = field(default_factory=time.monotonic)
+
+
+def dead_letter(service: str, reason_code: str, reason: str, *, input_ref: str, payload: bytes,
+                topic: str | None = None, partition: int | None = None, offset: int | None = None,
+                fingerprint: str | None = None, correlation: str | None = None, record_count: int = 0,
+                file_id: str | None = None) -> Output:
+    """A dead-letter output: the reason and where to find the input again, never the input itself."""
+    sha = hashlib.sha256(payload).hexdigest()
+    event_id = stable_id("dead-letter", service, input_ref, sha, reason_code)
+    value = {
+        "event_id": event_id, "time": now_ms(), "service": service, "reason_code": reason_code,
+        "reason": reason, "input": input_ref, "original_topic": topic, "original_partition": partition,
+        "original_offset": offset, "payload_sha256": sha, "payload_size": len(payload),
+        "schema_fingerprint": fingerprint, "correlation_id": correlation, "record_count": record_count,
+        "file_id": file_id,
+    }
+    return Output(DEAD_LETTER_TOPIC, service, "org.gdx.DeadLetter", value, event_id)
+
+
+class Runner:
+    """Consumes `inputs` in consumer group `gdx.<service>` and feeds the handler."""
+
+    def __init__(self, service: str, settings: ServiceSettings, handler: Any, inputs: list[str],
+                 outputs: list[str], metrics: Metrics | None = None, group_id: str | None = None):
+        self.service = service
+        self.settings = settings
+        self.handler = handler
+        self.metrics = metrics or Metrics(service)
+        self.schemas = SchemaCatalog.load(settings.schema_dir)
+        self.topics = TopicCatalog.load(settings.schema_dir, settings.topic_prefix)
+        self.inputs = [self.topics.name(t) for t in inputs]
+        self.outputs = [self.topics.name(t) for t in outputs + [DEAD_LETTER_TOPIC, "gdx.schemas"]]
+        self.group_id = group_id or f"{settings.topic_prefix}gdx.{service}"
+        self.stats = RunnerStats()
+        self._running = False
+        self._assigned: set[TopicPartition] = set()
+        self._events_since_start = 0
+        self.consumer: Any = None
+        self.producer: EventProducer | None = None
+        self.health_server: HealthServer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        check_topics(self.settings, self.inputs + self.outputs)
+        port = self.settings.port(self.service)
+        self.health_server = HealthServer(self.metrics, self.settings.metrics_host, port, self.health).start()
+        self.producer = EventProducer(self.settings, self.schemas, self.topics, f"gdx.{self.service}")
+        self.consumer = make_consumer(self.settings, self.group_id, f"gdx.{self.service}.{self.settings.instance}",
+                                      max_poll_records=self.settings.poll_records)
+        self.consumer.subscribe(self.inputs, listener=_Listener(self))
+        self.metrics.up.labels(self.service).set(1)
+        log.info("started", extra={"inputs": self.inputs, "group": self.group_id, "metrics_port": self.health_server.port})
+
+    def health(self) -> dict[str, Any]:
+        stale = time.monotonic() - self.stats.last_poll > max(60.0, self.settings.max_retries * 30)
+        return {"status": "ok" if self._running and not stale else "unhealthy", "service": self.service,
+                "instance": self.settings.instance, "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in self._assigned),
+                "processed": self.stats.processed, "dead_lettered": self.stats.dead_lettered}
+
+    def stop(self, *_: Any) -> None:
+        self._running = False
+
+    def run(self, max_idle_s: float | None = None) -> int:
+        """Main loop. Returns the exit code; `max_idle_s` ends it after that long without input (tests)."""
+        self.start()
+        self._running = True
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        idle_since = time.monotonic()
+        last_lag = 0.0
+        code = 0
+        try:
+            while self._running:
+                polled = self.consumer.poll(timeout_ms=500)
+                self.stats.last_poll = time.monotonic()
+                n = self._process_poll(polled)
+                n += self._tick()
+                if n:
+                    idle_since = time.monotonic()
+                elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                    break
+                if time.monotonic() - last_lag > 5:
+                    self._update_lag()
+                    last_lag = time.monotonic()
+        except _TransientExit as exc:
+            log.error("giving up after transient errors; exiting for a restart", extra={"error": str(exc)})
+            code = EXIT_TRANSIENT
+        finally:
+            self.close()
+        return code
+
+    def close(self) -> None:
+        self.metrics.up.labels(self.service).set(0)
+        closer = getattr(self.handler, "close", None)
+        if closer:
+            closer()
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
+        if self.producer is not None:
+            self.producer.close()
+        if self.health_server is not None:
+            self.health_server.stop()
+
+    # -- processing --------------------------------------------------------------------------
+    def _process_poll(self, polled: dict[TopicPartition, list[Any]]) -> int:
+        if not polled:
+            return 0
+        futures: list[tuple[str, Any]] = []
+        offsets: dict[TopicPartition, int] = {}
+        count = 0
+        for tp, records in polled.items():
+            for rec in records:
+                for out in self._process_record(rec):
+                    futures.append((out.topic, self._send(out, rec)))
+                offsets[tp] = rec.offset + 1
+                count += 1
+                self._events_since_start += 1
+                if self.settings.crash_before_commit and self._events_since_start >= self.settings.crash_before_commit:
+                    self._flush(futures)
+                    log.warning("crash_before_commit reached: exiting without committing (test setting)")
+                    os._exit(137)
+        self._flush(futures)
+        self._commit(offsets)
+        return count
+
+    def _tick(self) -> int:
+        tick = getattr(self.handler, "tick", None)
+        if tick is None:
+            return 0
+        futures = []
+        outputs = list(self._with_retries(lambda: list(tick()), "tick"))
+        for out in outputs:
+            futures.append((out.topic, self._send(out, None)))
+        self._flush(futures)
+        if outputs:
+            self._save_state()
+        return len(outputs)
+
+    def _process_record(self, rec: Any) -> list[Output]:
+        logical = self.topics.logical(rec.topic)
+        payload: bytes = rec.value or b""
+        env = Envelope.from_headers(rec.headers)
+        token = correlation_id.set(env.correlation_id or "")
+        self.metrics.events_in.labels(self.service, logical).inc()
+        started = time.perf_counter()
+        try:
+            if len(payload) > self.settings.max_message_bytes:
+                raise PermanentError(f"event of {len(payload)} bytes exceeds the {self.settings.max_message_bytes}"
+                                     " byte limit", reason_code="too-large")
+            schema, value = self.schemas.decode(payload)
+            event = Event(logical, rec.partition, rec.offset, rec.key, schema, value, env, len(payload))
+            records = len(value.get("records", ()) or ())
+            if records:
+                self.metrics.records_in.labels(self.service, logical).inc(records)
+            outputs = self._with_retries(lambda: list(self.handler.handle(event) or ()), logical)
+            self.metrics.events_processed.labels(self.service, logical, "ok").inc()
+            self.stats.processed += 1
+            return outputs
+        except PermanentError as exc:
+            return [self._dead_letter(rec, logical, payload, env, exc.reason_code, exc.reason, exc.record_count)]
+        except _TransientExit:
+            raise
+        except Exception as exc:  # a handler bug must not stop the stream: dead-letter it, loudly
+            log.exception("handler failed", extra={"topic": logical, "offset": rec.offset})
+            return [self._dead_letter(rec, logical, payload, env, "handler-error",
+                                      f"{type(exc).__name__} in {self.service} handler", 0)]
+        finally:
+            self.metrics.processing_seconds.labels(self.service, logical).observe(time.perf_counter() - started)
+            correlation_id.reset(token)
+
+    def _dead_letter(self, rec: Any, logical: str, payload: bytes, env: Envelope, code: str, reason: str,
+                     record_count: int) -> Output:
+        self.stats.dead_lettered += 1
+        self.metrics.dead_letters.labels(self.service, logical, code).inc()
+        self.metrics.events_processed.labels(self.service, logical, "dead_letter").inc()
+        log.warning("dead-lettered", extra={"topic": logical, "partition": rec.partition, "offset": rec.offset,
+                                            "reason_code": code, "reason": reason})
+        return dead_letter(self.service, code, reason, input_ref=f"{logical}/{rec.partition}/{rec.offset}",
+                           payload=payload, topic=logical, partition=rec.partition, offset=rec.offset,
+                           fingerprint=self.schemas.fingerprint_of(payload), correlation=env.correlation_id or None,
+                           record_count=record_count)
+
+    def _with_retries(self, fn: Any, what: str) -> list[Output]:
+        delay = self.settings.retry_backoff_s
+        for attempt in range(1, self.settings.max_retries + 1):
+            try:
+                return fn()
+            except TransientError as exc:
+                self.metrics.retries.labels(self.service, what).inc()
+                log.warning("transient error, retrying", extra={"attempt": attempt, "error": str(exc), "topic": what})
+                if attempt == self.settings.max_retries:
+                    raise _TransientExit(str(exc)) from exc
+                time.sleep(delay)
+                delay *= 2
+        return []
+
+    def _send(self, out: Output, rec: Any) -> Any:
+        assert self.producer is not None
+        parent = Envelope.from_headers(rec.headers) if rec is not None else None
+        env = parent.child(out.event_id, self.service) if parent and parent.event_id else new_envelope(
+            out.event_id, self.service)
+        topic = self.topics.name(out.topic)
+        try:
+            fut = self.producer.send(topic, out.key, out.schema, out.value, env, partition=out.partition)
+        except PermanentError as exc:
+            log.error("output rejected", extra={"topic": out.topic, "reason": exc.reason})
+            raise
+        self.metrics.events_out.labels(self.service, self.topics.logical(topic)).inc()
+        records = len(out.value.get("records", ()) or ())
+        if records:
+            self.metrics.records_out.labels(self.service, self.topics.logical(topic)).inc(records)
+        self.stats.produced += 1
+        return fut
+
+    def _flush(self, futures: list[tuple[str, Any]]) -> None:
+        if not futures:
+            return
+        assert self.producer is not None
+        self.producer.flush()
+        for topic, fut in futures:
+            try:
+                fut.get(timeout=0)
+            except KafkaError as exc:
+                # the producer already retried until its delivery timeout: nothing was committed, so
+                # a restart reprocesses these events
+                raise _TransientExit(f"produce to {topic} failed: {exc}") from exc
+        self._save_state()
+
+    def _save_state(self) -> None:
+        saver = getattr(self.handler, "commit", None)
+        if saver:
+            saver()
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        if not offsets:
+            return
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        except KafkaError as exc:
+            # a rebalance took the partition away: the new owner reprocesses from the last commit
+            log.warning("offset commit failed; events will be reprocessed", extra={"error": str(exc)})
+
+    def _update_lag(self) -> None:
+        if not self._assigned:
+            return
+        try:
+            ends = self.consumer.end_offsets(list(self._assigned))
+            for tp, end in ends.items():
+                pos = self.consumer.position(tp)
+                self.metrics.consumer_lag.labels(self.service, self.topics.logical(tp.topic), str(tp.partition)).set(
+                    max(0, end - pos))
+        except (KafkaError, AssertionError, ValueError) as exc:
+            log.debug("lag update failed", extra={"error": str(exc)})
+
+
+class _TransientExit(Exception):
+    pass
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, runner: Runner):
+        self.runner = runner
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.runner._assigned -= set(revoked)
+        hook = getattr(self.runner.handler, "on_revoke", None)
+        if hook:
+            hook(list(revoked))
+        for tp in revoked:
+            self.runner.metrics.consumer_lag.remove(self.runner.service, self.runner.topics.logical(tp.topic),
+                                                    str(tp.partition)) if _has_label(self.runner, tp) else None
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.runner._assigned |= set(assigned)
+        hook = getattr(self.runner.handler, "on_assign", None)
+        if hook:
+            hook(list(assigned))
+
+
+def _has_label(runner: Runner, tp: TopicPartition) -> bool:
+    key = (runner.service, runner.topics.logical(tp.topic), str(tp.partition))
+    return key in runner.metrics.consumer_lag._metrics  # noqa: SLF001 - prometheus_client has no public check
