@@ -120,7 +120,7 @@ def apply_topics(settings: Settings, catalog: TopicCatalog, extra: Iterable[str]
                 pass
         existing_specs = [(n, s) for n, s in wanted if n in existing]
         if existing_specs:
-            described = {d["topic"]: d for d in admin.describe_topics([n for n, _ in existing_specs])}
+            described = {d["name"]: d for d in admin.describe_topics([n for n, _ in existing_specs])}
             grow = {}
             for name, spec in existing_specs:
                 have = len(described.get(name, {}).get("partitions", []))
@@ -129,11 +129,20 @@ def apply_topics(settings: Settings, catalog: TopicCatalog, extra: Iterable[str]
                     changes.append(TopicChange(name, "partitions"))
             if grow:
                 admin.create_partitions(grow)
-            resources = [ConfigResource(ConfigResourceType.TOPIC, n,
-                                        configs=s.config(settings.max_message_bytes, raw_retention_ms))
-                         for n, s in existing_specs]
-            admin.alter_configs(resources)
-            changes += [TopicChange(n, "config") for n, _ in existing_specs if n not in grow]
+            current = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n, _ in existing_specs])
+            current_topics = current.get("topic", {}) if isinstance(current, dict) else {}
+            alter = []
+            for name, spec in existing_specs:
+                wanted_cfg = spec.config(settings.max_message_bytes, raw_retention_ms)
+                have_cfg = {k: v.get("value") for k, v in current_topics.get(name, {}).items()}
+                if any(have_cfg.get(k) != v for k, v in wanted_cfg.items()):
+                    alter.append(ConfigResource(ConfigResourceType.TOPIC, name, configs=wanted_cfg))
+                    if name not in grow:
+                        changes.append(TopicChange(name, "config"))
+                elif name not in grow:
+                    changes.append(TopicChange(name, "unchanged"))
+            if alter:
+                admin.alter_configs(alter)
         return changes
     finally:
         admin.close()

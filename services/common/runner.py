@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
@@ -138,8 +139,9 @@ class Runner:
         """Main loop. Returns the exit code; `max_idle_s` ends it after that long without input (tests)."""
         self.start()
         self._running = True
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
         idle_since = time.monotonic()
         last_lag = 0.0
         code = 0
@@ -149,7 +151,7 @@ class Runner:
                 self.stats.last_poll = time.monotonic()
                 n = self._process_poll(polled)
                 n += self._tick()
-                if n:
+                if n or not self._assigned:  # idle only counts once partitions are assigned
                     idle_since = time.monotonic()
                 elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                     break

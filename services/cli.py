@@ -1,0 +1,224 @@
+"""The `gdx` command: ingest, consent, topics, tail, status, wait, serve, and the other tools.
+
+Every command exits 0 on success and non-zero with a one-line reason on stderr otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from gdx.common.errors import GdxError
+from gdx.common.settings import Settings, SettingsError
+
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
+
+
+class CommandError(GdxError):
+    """A command failed for a reason the user can act on."""
+
+
+def command(fn: Callable[[argparse._SubParsersAction], None]) -> Callable[[argparse._SubParsersAction], None]:
+    COMMANDS[fn.__name__] = fn
+    return fn
+
+
+# -- topics and schemas ------------------------------------------------------------------------
+@command
+def topics(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("topics", help="create or update the catalog's topics (and ACLs on a secured broker)")
+    p.add_argument("action", choices=["apply", "list"])
+    p.add_argument("--feed", action="append", default=[], help="also provision the feed topic of this subscriber")
+    p.set_defaults(run=_topics)
+
+
+def _topics(args: argparse.Namespace) -> int:
+    from gdx.common.kafka import apply_topics
+    from gdx.common.topics import TopicCatalog
+
+    settings = Settings.from_env()
+    catalog = TopicCatalog.load(settings.schema_dir, settings.topic_prefix)
+    if args.action == "list":
+        for spec in catalog.specs:
+            print(f"{catalog.prefix}{spec.name}\t{spec.stage}\t{spec.partitions}\t{spec.cleanup_policy}\t"
+                  f"{','.join(spec.values)}")
+        return 0
+    from gdx.common.kafka import client_config  # noqa: F401 - fail early on bad security settings
+
+    raw_retention = _raw_retention()
+    changes = apply_topics(settings, catalog, extra=[catalog.feed(s) for s in args.feed], raw_retention_ms=raw_retention)
+    for change in changes:
+        print(f"{change.action:10s} {change.topic}")
+    return 0
+
+
+def _raw_retention() -> int | None:
+    import os
+
+    value = os.environ.get("GDX_RAW_RETENTION_MS")
+    return int(value) if value else None
+
+
+@command
+def tail(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tail", help="print a topic's events as JSON lines, decoding with gdx.schemas only")
+    p.add_argument("topic")
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--max", type=int, default=0, help="stop after this many events")
+    p.add_argument("--timeout", type=float, default=0, help="stop after this many idle seconds (0: follow)")
+    p.set_defaults(run=_tail)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    import base64
+    import time
+
+    from kafka import TopicPartition
+
+    from gdx.common.avro import DecodeError, SchemaCatalog, UnknownSchemaError
+    from gdx.common.kafka import make_consumer, read_schema_topic
+    from gdx.common.topics import TopicCatalog
+
+    settings = Settings.from_env()
+    topics_ = TopicCatalog.load(settings.schema_dir, settings.topic_prefix)
+    catalog = read_schema_topic(settings, topics_, SchemaCatalog({}))
+    consumer = make_consumer(settings, None, "gdx-tail")
+    parts = consumer.partitions_for_topic(args.topic)
+    if not parts:
+        raise CommandError(f"topic {args.topic} does not exist")
+    tps = [TopicPartition(args.topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    if args.from_beginning:
+        consumer.seek_to_beginning(*tps)
+    else:
+        consumer.seek_to_end(*tps)
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, bytes):
+            return {"$base64": base64.b64encode(v).decode()}
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [plain(x) for x in v]
+        return v
+
+    shown, idle_since = 0, time.monotonic()
+    try:
+        while True:
+            polled = consumer.poll(timeout_ms=500)
+            if not polled and args.timeout and time.monotonic() - idle_since > args.timeout:
+                return 0
+            for recs in polled.values():
+                idle_since = time.monotonic()
+                for rec in recs:
+                    line: dict[str, Any] = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset,
+                                            "key": rec.key.decode("utf-8", "replace") if rec.key else None}
+                    try:
+                        if args.topic.endswith("gdx.schemas"):
+                            line["value"] = json.loads(rec.value)
+                        else:
+                            try:
+                                line["schema"], value = catalog.decode(rec.value)
+                            except UnknownSchemaError:
+                                catalog = read_schema_topic(settings, topics_, catalog)
+                                line["schema"], value = catalog.decode(rec.value)
+                            line["value"] = plain(value)
+                    except (DecodeError, UnknownSchemaError) as exc:
+                        line["error"] = str(exc)
+                    print(json.dumps(line), flush=True)
+                    shown += 1
+                    if args.max and shown >= args.max:
+                        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        consumer.close()
+
+
+# -- services ----------------------------------------------------------------------------------
+SERVICES = ("ingest", "anonymize", "consent_gate", "index", "publish")
+
+
+@command
+def serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run one service in the foreground")
+    p.add_argument("service", choices=SERVICES)
+    p.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import importlib
+
+    module = importlib.import_module(f"gdx.{args.service}.app")
+    return int(module.main() or 0)
+
+
+@command
+def config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="list every setting: variable, default, meaning")
+    p.add_argument("--markdown", action="store_true")
+    p.set_defaults(run=_config)
+
+
+def _config(args: argparse.Namespace) -> int:
+    import importlib
+
+    classes: list[Any] = [Settings]
+    for name in SERVICES:
+        try:
+            mod = importlib.import_module(f"gdx.{name}.settings")
+        except ImportError:
+            continue
+        classes += [c for c in vars(mod).values() if isinstance(c, type) and issubclass(c, Settings)
+                    and c.__module__ == mod.__name__]
+    seen = set()
+    if args.markdown:
+        print("| variable | default | meaning |\n|---|---|---|")
+    for cls in classes:
+        for var, default, doc in cls.describe():
+            if var in seen:
+                continue
+            seen.add(var)
+            print(f"| `{var}` | `{default}` | {doc} |" if args.markdown else f"{var}={default}\t# {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gdx", description="gdx, the Genomic Data eXchange")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _load_plugins()
+    for register in COMMANDS.values():
+        register(sub)
+    return parser
+
+
+def _load_plugins() -> None:
+    """Commands defined next to the code they drive (gdx.<service>.commands) register themselves."""
+    import importlib
+
+    for name in ("gdx.ingest.commands", "gdx.consent_gate.commands", "gdx.index.commands",
+                 "gdx.publish.commands", "gdx.anonymize.commands", "gdx.ops_commands"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if not exc.name or not name.startswith(exc.name):
+                raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (GdxError, SettingsError, OSError, ValueError) as exc:
+        print(f"gdx {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"gdx {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
