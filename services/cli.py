@@ -21,7 +21,7 @@ class CommandError(GdxError):
 
 
 def command(fn: Callable[[argparse._SubParsersAction], None]) -> Callable[[argparse._SubParsersAction], None]:
-    COMMANDS[fn.__name__] = fn
+    COMMANDS[fn.__name__.replace("_", "-")] = fn
     return fn
 
 

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Protocol
 
 from kafka import TopicPartition
@@ -61,6 +61,7 @@ class Output:
     value: dict[str, Any]
     event_id: str
     partition: int | None = None
+    created_ms: int = 0  # when the input that caused this entered gdx (0: inherit from the input event)
 
 
 class Handler(Protocol):
@@ -78,14 +79,18 @@ class RunnerStats:
 def dead_letter(service: str, reason_code: str, reason: str, *, input_ref: str, payload: bytes,
                 topic: str | None = None, partition: int | None = None, offset: int | None = None,
                 fingerprint: str | None = None, correlation: str | None = None, record_count: int = 0,
-                file_id: str | None = None) -> Output:
-    """A dead-letter output: the reason and where to find the input again, never the input itself."""
-    sha = hashlib.sha256(payload).hexdigest()
+                file_id: str | None = None, payload_sha256: str | None = None,
+                payload_size: int | None = None) -> Output:
+    """A dead-letter output: the reason and where to find the input again, never the input itself.
+
+    For a file, pass its checksum and size instead of the payload."""
+    sha = payload_sha256 or hashlib.sha256(payload).hexdigest()
     event_id = stable_id("dead-letter", service, input_ref, sha, reason_code)
     value = {
         "event_id": event_id, "time": now_ms(), "service": service, "reason_code": reason_code,
         "reason": reason, "input": input_ref, "original_topic": topic, "original_partition": partition,
-        "original_offset": offset, "payload_sha256": sha, "payload_size": len(payload),
+        "original_offset": offset, "payload_sha256": sha,
+        "payload_size": len(payload) if payload_size is None else payload_size,
         "schema_fingerprint": fingerprint, "correlation_id": correlation, "record_count": record_count,
         "file_id": file_id,
     }
@@ -275,6 +280,8 @@ class Runner:
         parent = Envelope.from_headers(rec.headers) if rec is not None else None
         env = parent.child(out.event_id, self.service) if parent and parent.event_id else new_envelope(
             out.event_id, self.service)
+        if out.created_ms:
+            env = replace(env, created_ms=out.created_ms)
         topic = self.topics.name(out.topic)
         try:
             fut = self.producer.send(topic, out.key, out.schema, out.value, env, partition=out.partition)

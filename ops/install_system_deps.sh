@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Debian packages gdx needs on the machine: Java 17+ (Kafka), Maven (resolves the Kafka jars),
+# and Prometheus/promtool (ops tests; unpacked, never started as a system service).
+set -euo pipefail
+need=()
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing: ${need[*]} (install them, or run as root)" >&2; exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ -x "$(dirname "$0")/install_prometheus.sh" ]; then
+  "$(dirname "$0")/install_prometheus.sh" >/dev/null
+fi

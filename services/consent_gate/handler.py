@@ -1,0 +1,177 @@
+"""consent_gate's handler: release consented participants' data with their terms, hold the rest, and
+turn consent changes into releases (late consent, re-consent) and retractions (revocation)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+from gdx.common.envelope import stable_id
+from gdx.common.metrics import Metrics, now_ms
+from gdx.common.runner import Event, Output
+from gdx.consent_gate.gate import ConsentState, GateDecision, release_decision, slice_records
+from gdx.consent_gate.matching import Decision
+from gdx.consent_gate.store import GateStore
+
+log = logging.getLogger(__name__)
+
+PSEUDO_VARIANTS = "gdx.pseudo.variants.v1"
+PSEUDO_CLINICAL = "gdx.pseudo.clinical.v1"
+PSEUDO_CONSENT = "gdx.pseudo.consent.v1"
+RELEASED_VARIANTS = "gdx.released.variants.v1"
+RELEASED_CLINICAL = "gdx.released.clinical.v1"
+RETRACTIONS = "gdx.released.retractions.v1"
+AUDIT = "gdx.audit.events.v1"
+REVIEW = "gdx.review.decisions.v1"
+SERVICE = "consent_gate"
+
+Fetch = Callable[[str, int, int], tuple[str, dict[str, Any]]]
+
+
+class ConsentGateHandler:
+    def __init__(self, store: GateStore, fetch: Fetch | None = None, metrics: Metrics | None = None):
+        self.store = store
+        self.fetch = fetch
+        self.metrics = metrics or Metrics(SERVICE)
+
+    # -- data ------------------------------------------------------------------------------
+    def handle(self, event: Event) -> Iterable[Output]:
+        if event.schema == "org.gdx.PseudoVariantBatch":
+            return self._variant_batch(event.value, (event.topic, event.partition, event.offset))
+        if event.schema == "org.gdx.PseudoFileManifest":
+            # passes through on the same key, so index sees a file's END after its batches
+            v = event.value
+            return [Output(RELEASED_VARIANTS, v["file_id"], "org.gdx.PseudoFileManifest", v,
+                           stable_id(SERVICE, "manifest", v["file_id"], v["phase"]))]
+        if event.schema == "org.gdx.PseudoClinicalRecord":
+            return self._clinical(event.value, (event.topic, event.partition, event.offset))
+        from gdx.common.errors import PermanentError
+
+        raise PermanentError(f"consent_gate does not take {event.schema} events on {event.topic}",
+                             reason_code="unexpected-schema")
+
+    def _decide(self, dataset: str, participant: str) -> tuple[ConsentState | None, GateDecision]:
+        state = self.store.consent(dataset, participant)
+        return state, release_decision(state)
+
+    def _variant_batch(self, batch: dict[str, Any], ref: tuple[str, int, int],
+                       only: str | None = None) -> list[Output]:
+        dataset, samples = batch["dataset"], batch["samples"]
+        if only is None:
+            self.store.add_refs((dataset, s, *ref) for s in samples)
+        keep: list[int] = []
+        terms: list[dict[str, Any]] = []
+        outputs: list[Output] = []
+        data_ref = f"{batch['file_id']}/batch/{batch['batch_index']}"
+        for i, participant in enumerate(samples):
+            if only is not None and participant != only:
+                continue
+            state, decision = self._decide(dataset, participant)
+            outputs += self._audit(dataset, participant, data_ref, state, decision, batch["record_count"])
+            if decision.decision is Decision.APPROVE and state is not None:
+                keep.append(i)
+                terms.append(_terms(state))
+        if only is not None and not keep:
+            return outputs
+        released = [t["participant"] for t in terms]
+        release_id = stable_id(SERVICE, "variants", batch["file_id"], batch["batch_index"],
+                               *[(t["participant"], t["consent_version"]) for t in terms])
+        value = {k: batch[k] for k in ("dataset", "file_id", "batch_index", "first_record", "record_count", "assembly")}
+        value.update(release_id=release_id, samples=released, terms=terms,
+                     records=slice_records(batch["records"], keep, len(samples)) if keep else [])
+        outputs.append(Output(RELEASED_VARIANTS, batch["file_id"], "org.gdx.ReleasedVariantBatch", value, release_id))
+        self.store.add_released((dataset, t["participant"], release_id, t["consent_time"]) for t in terms)
+        return outputs
+
+    def _clinical(self, rec: dict[str, Any], ref: tuple[str, int, int], replay: bool = False) -> list[Output]:
+        dataset, participant = rec["dataset"], rec["participant"]
+        if not replay:
+            self.store.add_refs([(dataset, participant, *ref)])
+        state, decision = self._decide(dataset, participant)
+        outputs = self._audit(dataset, participant, rec["record_id"], state, decision, 1)
+        if decision.decision is Decision.APPROVE and state is not None:
+            terms = _terms(state)
+            release_id = stable_id(SERVICE, "clinical", rec["record_id"], participant, state.consent_id)
+            value = {"dataset": dataset, "participant": participant, "record_id": rec["record_id"],
+                     "release_id": release_id, "terms": terms, "phenopacket": rec["phenopacket"]}
+            outputs.append(Output(RELEASED_CLINICAL, f"{dataset}/{participant}", "org.gdx.ReleasedClinicalRecord",
+                                  value, release_id))
+            self.store.add_released([(dataset, participant, release_id, state.consent_time)])
+        return outputs
+
+    def _audit(self, dataset: str, participant: str, data_ref: str, state: ConsentState | None,
+               decision: GateDecision, records: int, action: str | None = None) -> list[Output]:
+        act = action or {"APPROVE": "release", "DENY": "withhold", "ABSTAIN": "review"}[decision.decision.value]
+        duo_label = " ".join(state.duo) if state and state.duo else "none"
+        self.metrics.consent_decisions.labels(SERVICE, decision.decision.value, duo_label).inc()
+        version = state.consent_id if state else None
+        event_id = stable_id(SERVICE, "audit", act, dataset, participant, data_ref, version)
+        value = {"event_id": event_id, "time": now_ms(), "service": SERVICE, "action": act, "dataset": dataset,
+                 "participant": participant, "actor": None, "data_ref": data_ref,
+                 "decision": decision.decision.value, "rule": decision.rule, "reason": decision.reason,
+                 "consent_version": version, "granularity": None, "record_count": records, "correlation_id": None}
+        out = [Output(AUDIT, f"{dataset}/{participant}", "org.gdx.AuditEvent", value, event_id)]
+        if decision.decision is Decision.ABSTAIN:
+            out.append(Output(REVIEW, f"{dataset}/{participant}", "org.gdx.AuditEvent", value, event_id))
+        return out
+
+    # -- consent ---------------------------------------------------------------------------
+    def apply_consent(self, value: dict[str, Any], created_ms: int = 0) -> list[Output]:
+        new = ConsentState(value["dataset"], value["participant"], value["status"], tuple(value["duo"]),
+                           value["consent_time"], value["consent_id"])
+        old = self.store.consent(new.dataset, new.participant)
+        if not self.store.put_consent(new):
+            log.info("older consent ignored", extra={"dataset": new.dataset, "consent_id": new.consent_id})
+            return []
+        old_dec, new_dec = release_decision(old), release_decision(new)
+        was = old_dec.decision is Decision.APPROVE
+        now = new_dec.decision is Decision.APPROVE
+        terms_changed = old is not None and old.duo != new.duo
+        outputs: list[Output] = []
+        if was and old is not None and (not now or terms_changed):
+            outputs += self._retract(old, new, created_ms)
+        if now and (not was or terms_changed):
+            outputs += self._replay(new)
+        if not now:
+            outputs += self._audit(new.dataset, new.participant, f"consent/{new.consent_id}", new, new_dec, 0,
+                                   action="consent-" + new.status.lower())
+        self.metrics.held_items.labels(SERVICE).set(self.store.held_count())
+        return outputs
+
+    def _retract(self, old: ConsentState, new: ConsentState, created_ms: int) -> list[Output]:
+        items = self.store.released_items(old.dataset, old.participant)
+        retraction_id = stable_id(SERVICE, "retraction", old.dataset, old.participant, new.consent_id)
+        value = {"dataset": old.dataset, "participant": old.participant, "retraction_id": retraction_id,
+                 # everything released under consents up to the old one is void
+                 "consent_time": old.consent_time, "consent_version": new.consent_id,
+                 "reason": "consent revoked" if new.status == "REVOKED" else "consent changed", "items": items}
+        self.store.clear_released(old.dataset, old.participant)
+        self.metrics.retractions.labels(SERVICE).inc()
+        decision = GateDecision(Decision.DENY, "retraction", value["reason"])
+        return [Output(RETRACTIONS, f"{old.dataset}/{old.participant}", "org.gdx.Retraction", value, retraction_id,
+                       created_ms=created_ms)] + self._audit(old.dataset, old.participant, f"retraction/{retraction_id}",
+                                                             new, decision, len(items), action="retract")
+
+    def _replay(self, state: ConsentState) -> list[Output]:
+        """Release everything already received for this participant (late consent, re-consent)."""
+        if self.fetch is None:
+            return []
+        outputs: list[Output] = []
+        for topic, partition, offset in self.store.refs(state.dataset, state.participant):
+            schema, value = self.fetch(topic, partition, offset)
+            if schema == "org.gdx.PseudoVariantBatch":
+                outputs += self._variant_batch(value, (topic, partition, offset), only=state.participant)
+            elif schema == "org.gdx.PseudoClinicalRecord":
+                outputs += self._clinical(value, (topic, partition, offset), replay=True)
+        return outputs
+
+    def commit(self) -> None:
+        self.store.commit()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _terms(state: ConsentState) -> dict[str, Any]:
+    return {"participant": state.participant, "duo": list(state.duo), "consent_time": state.consent_time,
+            "consent_version": state.consent_id}
