@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gdx.common.errors import GdxError
 from gdx.common.settings import Settings, SettingsError
@@ -75,11 +76,10 @@ def _tail(args: argparse.Namespace) -> int:
     import base64
     import time
 
-    from kafka import TopicPartition
-
     from gdx.common.avro import DecodeError, SchemaCatalog, UnknownSchemaError
     from gdx.common.kafka import make_consumer, read_schema_topic
     from gdx.common.topics import TopicCatalog
+    from kafka import TopicPartition
 
     settings = Settings.from_env()
     topics_ = TopicCatalog.load(settings.schema_dir, settings.topic_prefix)

@@ -6,16 +6,16 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
-
-from kafka import KafkaConsumer, TopicPartition
+from typing import Any
 
 from gdx.common.avro import SchemaCatalog
 from gdx.common.kafka import apply_topics, client_config
 from gdx.common.service import ServiceSettings
 from gdx.common.settings import REPO_ROOT
 from gdx.common.topics import TopicCatalog
+from kafka import KafkaConsumer, TopicPartition
 
 
 def docker_daemon_answers() -> bool:

@@ -303,9 +303,8 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 def metadata_ready(bootstrap: str, expected_brokers: int = 1, security: object | None = None) -> bool:
     """True when the cluster answers a metadata request listing `expected_brokers` brokers."""
-    from kafka import KafkaAdminClient
-
     from gdx.common.kafka import client_config
+    from kafka import KafkaAdminClient
 
     config = client_config(bootstrap, security)
     admin = KafkaAdminClient(**config, request_timeout_ms=5000, bootstrap_timeout_ms=5000)

@@ -15,7 +15,6 @@ from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
-
 from gdx.common.errors import PermanentError
 
 MAGIC = b"\xc3\x01"

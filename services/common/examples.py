@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-
 from gdx.common.avro import SchemaCatalog
 
 

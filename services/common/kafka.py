@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
-
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from typing import Any
 
 from gdx.common.avro import SchemaCatalog, WriterSchema
 from gdx.common.envelope import Envelope
 from gdx.common.errors import ConfigurationError, TransientError
 from gdx.common.settings import Settings
 from gdx.common.topics import TopicCatalog
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Protocol
-
-from kafka import TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from typing import Any, Protocol
 
 from gdx.common.avro import SchemaCatalog
 from gdx.common.envelope import Envelope, new_envelope, stable_id
@@ -30,6 +27,9 @@ from gdx.common.logs import correlation_id
 from gdx.common.metrics import HealthServer, Metrics, now_ms
 from gdx.common.service import ServiceSettings
 from gdx.common.topics import TopicCatalog
+from kafka import TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ class Runner:
         stale = time.monotonic() - self.stats.last_poll > max(60.0, self.settings.max_retries * 30)
         return {"status": "ok" if self._running and not stale else "unhealthy", "service": self.service,
                 "instance": self.settings.instance, "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in self._assigned),
-                "processed": self.stats.processed, "dead_lettered": self.stats.dead_lettered}
+                "processed": self.stats.processed, "dead_lettered": self.stats.dead_lettered,
+                "pending": int(getattr(self.handler, "pending", 0) or 0)}
 
     def stop(self, *_: Any) -> None:
         self._running = False

@@ -5,9 +5,9 @@ knows every participant's consent whatever data partitions it owns."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
-
-from kafka import TopicPartition
+import time
+from collections.abc import Iterable
+from typing import Any
 
 from gdx.common.avro import SchemaCatalog
 from gdx.common.envelope import Envelope
@@ -17,10 +17,21 @@ from gdx.common.logs import setup_logging
 from gdx.common.metrics import Metrics
 from gdx.common.runner import Event, Output, Runner
 from gdx.common.topics import TopicCatalog
-from gdx.consent_gate.handler import (AUDIT, PSEUDO_CLINICAL, PSEUDO_CONSENT, PSEUDO_VARIANTS, RELEASED_CLINICAL,
-                                      RELEASED_VARIANTS, RETRACTIONS, REVIEW, SERVICE, ConsentGateHandler)
+from gdx.consent_gate.handler import (
+    AUDIT,
+    PSEUDO_CLINICAL,
+    PSEUDO_CONSENT,
+    PSEUDO_VARIANTS,
+    RELEASED_CLINICAL,
+    RELEASED_VARIANTS,
+    RETRACTIONS,
+    REVIEW,
+    SERVICE,
+    ConsentGateHandler,
+)
 from gdx.consent_gate.settings import ConsentGateSettings
 from gdx.consent_gate.store import GateStore
+from kafka import TopicPartition
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,10 @@ class ConsentReader:
             else:
                 self.consumer.seek(tp, pos)
         self.fetcher = make_consumer(settings, None, f"gdx.{SERVICE}.replay", max_poll_records=1)
+
+    def lag(self) -> int:
+        ends = self.consumer.end_offsets(self.tps)
+        return sum(max(0, end - self.consumer.position(tp)) for tp, end in ends.items())
 
     def poll(self) -> list[tuple[dict[str, Any], int]]:
         out = []
@@ -79,14 +94,18 @@ class ConsentGateApp:
     def __init__(self, handler: ConsentGateHandler, reader: ConsentReader):
         self.handler = handler
         self.reader = reader
+        self.pending = 0  # consent events not yet applied (read by the health endpoint)
+        self._lag_checked = 0.0
 
     def handle(self, event: Event) -> Iterable[Output]:
         return self.handler.handle(event)
 
     def tick(self) -> Iterable[Output]:
-        outputs: list[Output] = []
-        for value, created_ms in self.reader.poll():
-            outputs += self.handler.apply_consent(value, created_ms)
+        items = self.reader.poll()
+        outputs = self.handler.apply_consents(items) if items else []
+        if items or time.monotonic() - self._lag_checked > 1.0:
+            self.pending = self.reader.lag()
+            self._lag_checked = time.monotonic()
         return outputs
 
     def commit(self) -> None:

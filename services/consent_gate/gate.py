@@ -10,9 +10,10 @@ gdx's rules) ABSTAIN: nothing is released and the case goes to the review topic.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Sequence
+from typing import Any
 
 from gdx.common.duo import InvalidDuoCode, parse_code
 from gdx.consent_gate.matching import Decision

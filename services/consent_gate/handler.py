@@ -4,7 +4,8 @@ turn consent changes into releases (late consent, re-consent) and retractions (r
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from gdx.common.envelope import stable_id
 from gdx.common.metrics import Metrics, now_ms
@@ -55,7 +56,7 @@ class ConsentGateHandler:
         return state, release_decision(state)
 
     def _variant_batch(self, batch: dict[str, Any], ref: tuple[str, int, int],
-                       only: str | None = None) -> list[Output]:
+                       only: set[str] | None = None) -> list[Output]:
         dataset, samples = batch["dataset"], batch["samples"]
         if only is None:
             self.store.add_refs((dataset, s, *ref) for s in samples)
@@ -64,7 +65,7 @@ class ConsentGateHandler:
         outputs: list[Output] = []
         data_ref = f"{batch['file_id']}/batch/{batch['batch_index']}"
         for i, participant in enumerate(samples):
-            if only is not None and participant != only:
+            if only is not None and participant not in only:
                 continue
             state, decision = self._decide(dataset, participant)
             outputs += self._audit(dataset, participant, data_ref, state, decision, batch["record_count"])
@@ -117,24 +118,36 @@ class ConsentGateHandler:
 
     # -- consent ---------------------------------------------------------------------------
     def apply_consent(self, value: dict[str, Any], created_ms: int = 0) -> list[Output]:
-        new = ConsentState(value["dataset"], value["participant"], value["status"], tuple(value["duo"]),
-                           value["consent_time"], value["consent_id"])
-        old = self.store.consent(new.dataset, new.participant)
-        if not self.store.put_consent(new):
-            log.info("older consent ignored", extra={"dataset": new.dataset, "consent_id": new.consent_id})
-            return []
-        old_dec, new_dec = release_decision(old), release_decision(new)
-        was = old_dec.decision is Decision.APPROVE
-        now = new_dec.decision is Decision.APPROVE
-        terms_changed = old is not None and old.duo != new.duo
+        return self.apply_consents([(value, created_ms)])
+
+    def apply_consents(self, items: list[tuple[dict[str, Any], int]]) -> list[Output]:
+        """Apply consent events in order; data waiting for the newly consented is released together,
+        one fetch and one release per stored event, however many participants it concerns."""
         outputs: list[Output] = []
-        if was and old is not None and (not now or terms_changed):
-            outputs += self._retract(old, new, created_ms)
-        if now and (not was or terms_changed):
-            outputs += self._replay(new)
-        if not now:
-            outputs += self._audit(new.dataset, new.participant, f"consent/{new.consent_id}", new, new_dec, 0,
-                                   action="consent-" + new.status.lower())
+        replay: dict[tuple[str, str], ConsentState] = {}
+        for value, created_ms in items:
+            new = ConsentState(value["dataset"], value["participant"], value["status"], tuple(value["duo"]),
+                               value["consent_time"], value["consent_id"])
+            old = self.store.consent(new.dataset, new.participant)
+            if not self.store.put_consent(new):
+                log.info("older consent ignored", extra={"dataset": new.dataset, "consent_id": new.consent_id})
+                continue
+            old_dec, new_dec = release_decision(old), release_decision(new)
+            was = old_dec.decision is Decision.APPROVE
+            now = new_dec.decision is Decision.APPROVE
+            terms_changed = old is not None and old.duo != new.duo
+            if was and old is not None and (not now or terms_changed):
+                outputs += self._retract(old, new, created_ms)
+            key = (new.dataset, new.participant)
+            if now and (not was or terms_changed):
+                replay[key] = new
+            else:
+                replay.pop(key, None)
+            if not now:
+                outputs += self._audit(new.dataset, new.participant, f"consent/{new.consent_id}", new, new_dec, 0,
+                                       action="consent-" + new.status.lower())
+        if replay:
+            outputs += self._replay(list(replay.values()))
         self.metrics.held_items.labels(SERVICE).set(self.store.held_count())
         return outputs
 
@@ -152,15 +165,19 @@ class ConsentGateHandler:
                        created_ms=created_ms)] + self._audit(old.dataset, old.participant, f"retraction/{retraction_id}",
                                                              new, decision, len(items), action="retract")
 
-    def _replay(self, state: ConsentState) -> list[Output]:
-        """Release everything already received for this participant (late consent, re-consent)."""
+    def _replay(self, states: list[ConsentState]) -> list[Output]:
+        """Release everything already received for these participants (late consent, re-consent)."""
         if self.fetch is None:
             return []
+        by_ref: dict[tuple[str, int, int], set[str]] = {}
+        for state in states:
+            for ref in self.store.refs(state.dataset, state.participant):
+                by_ref.setdefault(tuple(ref), set()).add(state.participant)  # type: ignore[arg-type]
         outputs: list[Output] = []
-        for topic, partition, offset in self.store.refs(state.dataset, state.participant):
+        for (topic, partition, offset), participants in sorted(by_ref.items()):
             schema, value = self.fetch(topic, partition, offset)
             if schema == "org.gdx.PseudoVariantBatch":
-                outputs += self._variant_batch(value, (topic, partition, offset), only=state.participant)
+                outputs += self._variant_batch(value, (topic, partition, offset), only=participants)
             elif schema == "org.gdx.PseudoClinicalRecord":
                 outputs += self._clinical(value, (topic, partition, offset), replay=True)
         return outputs

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from gdx.consent_gate.gate import ConsentState
 

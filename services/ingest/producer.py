@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from gdx.common.avro import SchemaCatalog
 from gdx.common.envelope import new_envelope, stable_id

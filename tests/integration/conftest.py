@@ -4,12 +4,12 @@ where a Docker daemon answers, else the local KRaft broker from the Maven jars. 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from gdx.broker.local import BrokerError, KafkaCluster, metadata_ready
+
 from tests.kafka_harness import KafkaTestEnv, docker_daemon_answers, unique_prefix
 
 

@@ -6,7 +6,7 @@ Run as `python -m tests.integration.echo_service` with GDX_* settings in the env
 from __future__ import annotations
 
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 from gdx.common.errors import PermanentError, TransientError
 from gdx.common.metrics import Metrics

@@ -8,13 +8,13 @@ import sys
 import threading
 from pathlib import Path
 
-from kafka import KafkaProducer
-
 from gdx.common.avro import SchemaCatalog
 from gdx.common.envelope import new_envelope
 from gdx.common.examples import load_example
 from gdx.common.kafka import EventProducer, client_config, read_schema_topic
 from gdx.common.settings import REPO_ROOT
+from kafka import KafkaProducer
+
 from tests.integration.echo_service import IN, OUT, EchoHandler, make_runner
 from tests.kafka_harness import KafkaTestEnv
 
@@ -28,7 +28,7 @@ def consent(participant: str, i: int) -> dict:
 
 def produce(kafka: KafkaTestEnv, values: list[dict | bytes]) -> None:
     producer = EventProducer(kafka.settings(), kafka.schemas, kafka.topics, "test")
-    for i, v in enumerate(values):
+    for v in values:
         if isinstance(v, bytes):
             producer.producer.send(kafka.topic(IN), key=b"k", value=v)
         else:

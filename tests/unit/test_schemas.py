@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from gdx.common.avro import MAGIC, DecodeError, SchemaCatalog, UnknownSchemaError
 from gdx.common.compat import incompatibilities
 from gdx.common.examples import load_example
