@@ -1,0 +1,43 @@
+"""Settings of the index service (environment variables `GDX_INDEX_*`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from gdx.common.service import ServiceSettings
+from gdx.common.settings import SettingsError
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexSettings(ServiceSettings):
+    """The index worker's store and query options."""
+
+    prefix = "GDX_INDEX_"
+
+    store_file: str = dataclasses.field(
+        default="index.sqlite3", metadata={"doc": "SQLite file name inside the worker's data folder"})
+    synchronous: str = dataclasses.field(
+        default="NORMAL",
+        metadata={"doc": "SQLite synchronous mode: NORMAL syncs the WAL at each checkpoint (before offsets are"
+                         " committed), FULL at every batch"})
+    cache_mb: int = dataclasses.field(default=64, metadata={"doc": "SQLite page cache per connection, MiB"})
+    purge_on_retraction: bool = dataclasses.field(
+        default=True, metadata={"doc": "erase a retracted participant's genotypes from the store at once (they are"
+                                       " hidden from answers either way)"})
+    ontology_files: tuple[Path, ...] = dataclasses.field(
+        default=(), metadata={"doc": "comma-separated OBO files (HPO, MONDO...) for descendant-term filters"})
+    query_port: int = dataclasses.field(default=5060, metadata={"doc": "port of the internal query API"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise SettingsError("GDX_INDEX_SYNCHRONOUS: expected NORMAL, FULL, EXTRA or OFF")
+        if self.cache_mb < 1:
+            raise SettingsError("GDX_INDEX_CACHE_MB: must be at least 1")
+        for path in self.ontology_files:
+            if not Path(path).is_file():
+                raise SettingsError(f"GDX_INDEX_ONTOLOGY_FILES: {path} is not a file")
+
+    def store_path(self) -> Path:
+        return self.state_dir("index") / self.store_file
