@@ -14,7 +14,7 @@ WORKDIR /app
 # Dependencies first, from pyproject.toml alone, so code changes do not reinstall them. Every pinned
 # dependency (pysam, crc32c, fastavro, cryptography) has a manylinux wheel for CPython 3.11: no
 # compiler is needed.
-COPY pyproject.toml ./
+COPY pyproject.toml README* ./
 RUN mkdir services && touch services/__init__.py \
     && pip install -e . \
     && rm -rf services gdx.egg-info

@@ -1,9 +1,10 @@
 #!/bin/sh
-# Unpacks Debian's prometheus package (prometheus + promtool, static Go binaries) into
+# Unpacks Debian's prometheus package (prometheus + promtool, Go binaries needing only libc) into
 # .cache/prometheus without running its maintainer scripts: the package's postinst starts a system
 # service and fails where there is no service manager. Idempotent: a second run only prints paths.
 #
 #   ops/install_prometheus.sh            # prints two lines: PROMETHEUS=<path> and PROMTOOL=<path>
+#   eval "$(ops/install_prometheus.sh)" && "$PROMTOOL" check rules ops/prometheus/rules/*.yml
 #   GDX_PROMETHEUS_DIR=/elsewhere ops/install_prometheus.sh
 #
 # Needs root (or an apt that can download as this user) on Debian/Ubuntu. The libjs-* dependencies
