@@ -64,7 +64,7 @@ def _yaml(path: Path) -> object:
 @pytest.fixture(scope="module")
 def prometheus_bins() -> dict[str, Path]:
     """{'prometheus': path, 'promtool': path}, installing Debian's package into .cache if needed."""
-    cached = REPO / ".cache" / "prometheus" / "usr" / "bin"
+    cached = Path(os.environ.get("GDX_PROMETHEUS_DIR") or REPO / ".cache" / "prometheus") / "usr" / "bin"
     if (cached / "promtool").is_file() and (cached / "prometheus").is_file():
         return {"prometheus": cached / "prometheus", "promtool": cached / "promtool"}
     if shutil.which("promtool") and shutil.which("prometheus"):
