@@ -1,0 +1,1 @@
+"""The anonymize service: pseudonymizes raw variant, clinical and consent events (gdx.raw.* -> gdx.pseudo.*)."""
