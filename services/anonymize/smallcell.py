@@ -1,0 +1,111 @@
+"""Small-cell report: released participants counted per quasi-identifier combination, groups under k flagged."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from gdx.anonymize.deidentify import AGE_CAP_YEARS, duration_years, parse_timestamp
+
+UNKNOWN = "unknown"
+BAND_WIDTH = 10
+
+
+@dataclass(frozen=True, order=True)
+class SmallCellRow:
+    """One group of participants sharing sex, age band and country in a dataset."""
+
+    dataset: str
+    sex: str
+    age_band: str
+    country: str
+    participants: int
+    small: bool  # participants < k: a combination this rare may single people out
+
+
+def _band(years: float) -> str:
+    # Safe Harbor already folds ages over 89 together; the band does the same.
+    if years >= AGE_CAP_YEARS:
+        return f"{AGE_CAP_YEARS}+"
+    low = int(years // BAND_WIDTH) * BAND_WIDTH
+    return f"{low}-{low + BAND_WIDTH - 1}"
+
+
+def _get(obj: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _years(age: Any) -> float | None:
+    duration = _get(age, "iso8601duration")
+    return duration_years(duration) if isinstance(duration, str) else None
+
+
+def age_band(phenopacket: Mapping[str, Any]) -> str:
+    """10-year band of the age at last encounter, else of (record year - birth year); 'unknown' otherwise."""
+    encounter = _get(phenopacket, "subject", "timeAtLastEncounter")
+    years = _years(_get(encounter, "age"))
+    if years is not None:
+        return _band(years)
+    start, end = _years(_get(encounter, "ageRange", "start")), _years(_get(encounter, "ageRange", "end"))
+    if start is not None and end is not None:
+        # A range counts only when it lies inside one band; otherwise the band is not known.
+        return _band(start) if _band(start) == _band(end) else UNKNOWN
+    birth, created = _get(phenopacket, "subject", "dateOfBirth"), _get(phenopacket, "metaData", "created")
+    if isinstance(birth, str) and isinstance(created, str):
+        try:
+            return _band(max(0, parse_timestamp(created).year - parse_timestamp(birth).year))
+        except ValueError:
+            return UNKNOWN
+    return UNKNOWN
+
+
+def sex_of(phenopacket: Mapping[str, Any]) -> str:
+    sex = _get(phenopacket, "subject", "sex")
+    return sex if isinstance(sex, str) and sex else UNKNOWN
+
+
+def small_cell_report(records: Mapping[str, Iterable[Mapping[str, Any]]], k: int, *,
+                      country: Callable[[Mapping[str, Any]], str | None] | None = None) -> list[SmallCellRow]:
+    """Participants per (dataset, sex, age band, country), sorted; `small` marks groups of fewer than k.
+
+    `records` maps a dataset to its de-identified phenopackets. A participant (subject.id) with several
+    phenopackets counts once, by the last one. Phenopacket v2 has no country: pass `country` to read one
+    from elsewhere, otherwise the column is 'unknown'.
+    """
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    counts: dict[tuple[str, str, str, str], int] = {}
+    for dataset, phenopackets in records.items():
+        latest: dict[str, Mapping[str, Any]] = {}
+        for index, pp in enumerate(phenopackets):
+            pid = _get(pp, "subject", "id")
+            latest[pid if isinstance(pid, str) else f"#{index}"] = pp
+        for pp in latest.values():
+            where = (country(pp) if country else None) or UNKNOWN
+            key = (dataset, sex_of(pp), age_band(pp), where)
+            counts[key] = counts.get(key, 0) + 1
+    return sorted(SmallCellRow(*key, participants=n, small=n < k) for key, n in counts.items())
+
+
+def format_json(rows: list[SmallCellRow], k: int) -> str:
+    """The report as JSON: k, how many groups are small, and the rows."""
+    return json.dumps({"k": k, "small_groups": sum(r.small for r in rows), "rows": [asdict(r) for r in rows]},
+                      indent=2, sort_keys=True)
+
+
+def format_text(rows: list[SmallCellRow], k: int) -> str:
+    """The report as an aligned text table; small groups marked '<k'."""
+    head = ("dataset", "sex", "age", "country", "participants", "")
+    body = [(r.dataset, r.sex, r.age_band, r.country, str(r.participants), f"< {k}" if r.small else "")
+            for r in rows]
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
+    small = sum(r.small for r in rows)
+    lines.append(f"{small} of {len(rows)} groups have fewer than {k} participants")
+    return "\n".join(lines) + "\n"
