@@ -6,6 +6,7 @@ Every string field of the schema has a rule below; unknown fields and unlisted s
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -487,6 +488,9 @@ class _Deidentifier:
             if isinstance(value, bool) or not (isinstance(value, (int, float)) or (
                     isinstance(value, str) and _FLOAT_STRING_RE.match(value))):
                 raise InvalidPhenopacketError(f"{path}: expected a number")
+            if isinstance(value, float) and not math.isfinite(value):
+                # Bare NaN/Infinity are not JSON; the protobuf JSON mapping spells them as strings.
+                return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
             return value
         return None  # bytes and anything newer: not in the allowlist
 
@@ -584,10 +588,13 @@ def deidentify_family(family: Mapping[str, Any], pseudonymizer: Pseudonymizer, *
 def _deidentify(desc: Descriptor, message_class: type, doc: Mapping[str, Any], pseudonymizer: Pseudonymizer, *,
                 center: str, domain: str, participant: str, options: DeidentifyOptions) -> dict[str, Any]:
     collected = _Collected(ids=set(), years=[])
-    _collect(desc, doc, "", collected)
-    worker = _Deidentifier(pseudonymizer, center=center, domain=domain, participant=participant, options=options,
-                           collected=collected)
-    out = worker.message(desc, doc, "") or {}
+    try:
+        _collect(desc, doc, "", collected)
+        worker = _Deidentifier(pseudonymizer, center=center, domain=domain, participant=participant,
+                               options=options, collected=collected)
+        out = worker.message(desc, doc, "") or {}
+    except RecursionError:  # VRS variation sets may nest without end
+        raise InvalidPhenopacketError("nested too deeply") from None
     if desc is Phenopacket.DESCRIPTOR:
         # A phenopacket always gets an id, stable for the participant and the original id.
         original = doc.get("id") if isinstance(doc.get("id"), str) else ""

@@ -225,6 +225,8 @@ def anonymize_clinical(record: Mapping[str, Any], ctx: AnonymizeContext) -> dict
     text = _field(record, s, "phenopacket")
     try:
         phenopacket = json.loads(text)
+    except RecursionError:
+        raise InvalidInputError(f"{s}: phenopacket JSON is nested too deeply", reason_code="invalid-phenopacket") from None
     except json.JSONDecodeError as exc:
         # exc.msg and the position never quote the document.
         raise InvalidInputError(f"{s}: phenopacket is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",

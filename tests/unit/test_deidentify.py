@@ -521,3 +521,19 @@ def test_email_in_any_string_field_never_survives(path: tuple[Any, ...]):
     pp = copy.deepcopy(BASE)
     _at(pp, path[:-1])[path[-1]] = "contact z.quackenbush@clinic.example.org"
     _assert_gone(_record(pp, pp["subject"]["id"]), "quackenbush@clinic")
+
+
+def test_odd_but_valid_json_numbers_and_deep_nesting():
+    pp = rich_phenopacket()
+    pp["measurements"][0]["value"]["quantity"]["value"] = float("nan")  # json.loads accepts a bare NaN
+    out = deid(pp)
+    assert out["measurements"][0]["value"]["quantity"]["value"] == "NaN"
+    json_format.Parse(text_of(out), Phenopacket())
+    member: dict[str, Any] = {"curie": "ga4gh:VA.x"}
+    for _ in range(5000):  # a VRS variation set inside a variation set inside ...
+        member = {"variationSet": {"members": [member]}}
+    pp = rich_phenopacket()
+    descriptor = pp["interpretations"][0]["diagnosis"]["genomicInterpretations"][0]["variantInterpretation"]
+    descriptor["variationDescriptor"]["variation"] = member["variationSet"]["members"][0]
+    with pytest.raises(InvalidPhenopacketError, match="nested too deeply"):
+        deid(pp)
