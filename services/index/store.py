@@ -653,6 +653,7 @@ class _QueryContext:
         self.participant_filter = participant_filter
         self._allowed: dict[tuple[str, tuple[str, ...]], bool] = {}
         self._views: dict[int, _SliceView | None] = {}
+        self._picks: dict[tuple[int, ...], list[list[int] | None]] = {}
 
     def allowed(self, dataset: str, terms: tuple[str, ...]) -> bool:
         key = (dataset, terms)
@@ -692,7 +693,12 @@ class _QueryContext:
             return []
         picks: list[list[int] | None] = [None] * len(views)
         if len(views) > 1:
-            picks = self._deduplicate([v for _, v in views])
+            # every variant of a batch has the same slices: resolve overlaps once per combination
+            combination = tuple(v.slice_id for _, v in views)
+            cached = self._picks.get(combination)
+            if cached is None:
+                cached = self._picks[combination] = self._deduplicate([v for _, v in views])
+            picks = cached
         out: dict[str, DatasetStats] = {}
         for (row, view), idx in zip(views, picks, strict=True):
             if idx is None and not view.included:
