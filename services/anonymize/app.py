@@ -1,0 +1,60 @@
+"""anonymize wiring: raw topics in (consumer group gdx.anonymize), pseudonymized topics out."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import ClassVar
+
+from gdx.anonymize.handler import AnonymizeContext, Anonymizer
+from gdx.anonymize.settings import AnonymizeSettings, load_keyring
+from gdx.common.envelope import stable_id
+from gdx.common.logs import setup_logging
+from gdx.common.metrics import Metrics
+from gdx.common.runner import Event, Output, Runner
+from gdx.common.service import ServiceSettings
+
+SERVICE = "anonymize"
+RAW_VARIANTS, RAW_CLINICAL, RAW_CONSENT = "gdx.raw.variants.v1", "gdx.raw.clinical.v1", "gdx.raw.consent.v1"
+PSEUDO_VARIANTS, PSEUDO_CLINICAL, PSEUDO_CONSENT = ("gdx.pseudo.variants.v1", "gdx.pseudo.clinical.v1",
+                                                    "gdx.pseudo.consent.v1")
+ROUTES = {RAW_VARIANTS: PSEUDO_VARIANTS, RAW_CLINICAL: PSEUDO_CLINICAL, RAW_CONSENT: PSEUDO_CONSENT}
+
+
+@dataclasses.dataclass(frozen=True)
+class AnonymizeServiceSettings(AnonymizeSettings, ServiceSettings):
+    prefix: ClassVar[str] = "GDX_ANONYMIZE_"
+
+
+class AnonymizeHandler:
+    """Keys: file id for variants and manifests (file order kept), dataset/pseudonym for the rest."""
+
+    def __init__(self, anonymizer: Anonymizer):
+        self.anonymizer = anonymizer
+
+    def handle(self, event: Event) -> Iterable[Output]:
+        schema, value = self.anonymizer.handle(event.schema, event.value)
+        topic = ROUTES[event.topic]
+        if topic == PSEUDO_VARIANTS:
+            key = value["file_id"]
+        else:
+            key = f"{value['dataset']}/{value['participant']}"
+        # deterministic: replaying the raw topic gives the same ids (and, with the same key, the same bytes)
+        event_id = stable_id(SERVICE, event.envelope.event_id or f"{event.topic}/{event.partition}/{event.offset}",
+                             self.anonymizer.key_version)
+        return [Output(topic, key, schema, value, event_id)]
+
+
+def build(settings: AnonymizeServiceSettings, metrics: Metrics | None = None) -> Runner:
+    metrics = metrics or Metrics(SERVICE)
+    keyring = load_keyring(settings)
+    anonymizer = Anonymizer(AnonymizeContext.from_settings(settings, keyring))
+    metrics.key_version.labels(SERVICE, anonymizer.key_version).set(1)
+    return Runner(SERVICE, settings, AnonymizeHandler(anonymizer), list(ROUTES), list(ROUTES.values()),
+                  metrics=metrics)
+
+
+def main() -> int:
+    settings = AnonymizeServiceSettings.from_env()
+    setup_logging(SERVICE, settings.log_level)
+    return build(settings).run()
