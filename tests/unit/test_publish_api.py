@@ -14,11 +14,12 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric import ec
+from gdx.common.errors import ConfigurationError
 from gdx.common.metrics import Metrics
 from gdx.publish.api import SERVER_ARGS, app_from_settings, make_app, start_api
 from gdx.publish.auth import Authenticator, DevIssuer, StaticJwks, TrustedIssuer, dev_token
 from gdx.publish.beacon import IndexUnavailable
-from gdx.publish.config import parse_config
+from gdx.publish.config import load_config, parse_config
 from gdx.publish.privacy import CountPolicy, Privacy, QueryBudget
 from gdx.publish.settings import PublishSettings
 
@@ -543,3 +544,28 @@ def test_app_from_settings_trusts_gdx_token_in_dev_mode_and_counts_requests(tmp_
     assert status == 200 and all_ids(doc) == {"P1"}  # demo-dataset is PUBLIC in the shipped configuration
     assert doc["meta"]["beaconId"] == "org.gdx.beacon" and audit[0]["actor"] == "dev-user"
     assert b'gdx_api_requests_total{endpoint="g_variants",service="publish",status="200"} 1.0' in metrics.expose()
+
+
+@pytest.mark.parametrize("change, complaint", [
+    ({"securityLevel": "SECRET"}, "securityLevel"),
+    ({"dataUseConditions": {"duoDataUse": [{"id": "DUO:00000044", "version": "1"}]}}, "not a DUO id"),
+    ({"dataUseConditions": {"duoDataUse": [{"id": "DUO:0000019,DUO:00000020", "version": "1"}]}}, "not a DUO id"),
+    ({"dataUseConditions": {"duoDataUse": [{"id": "DUO:0000042"}]}}, "version"),
+])
+def test_a_bad_dataset_configuration_is_refused_naming_the_dataset(change: dict, complaint: str) -> None:
+    doc = {**CONFIG, "datasets": [{**CONFIG["datasets"][0], **change}]}
+    with pytest.raises(ConfigurationError, match=complaint) as refused:
+        parse_config(doc)
+    assert "demo-dataset" in str(refused.value)
+    with pytest.raises(ConfigurationError, match="twice"):
+        parse_config({**CONFIG, "datasets": [CONFIG["datasets"][0]] * 2})
+
+
+def test_shipped_and_toml_configurations_load(tmp_path: Path) -> None:
+    shipped = load_config(PublishSettings.from_env({}).beacon_config)
+    assert shipped.dataset("demo-dataset").security_level == "PUBLIC"
+    assert shipped.dataset("never-configured").security_level == "CONTROLLED"  # the safe default
+    (tmp_path / "beacon.toml").write_text(
+        '[beacon]\nid = "org.x"\nname = "x"\norganization = {id = "x", name = "X"}\n'
+        '[[datasets]]\nid = "d1"\nsecurityLevel = "registered"\n')
+    assert load_config(tmp_path / "beacon.toml").dataset("d1").security_level == "REGISTERED"
