@@ -41,7 +41,7 @@ class NotFound(Exception):
 
 # --- who sees what --------------------------------------------------------------------------------
 
-def admit_all(participant: str, consent: tuple[str, ...]) -> bool:
+def admit_all(dataset: str, consent: tuple[str, ...]) -> bool:
     """Answers without a visa count every released participant (the index holds released data only)."""
     return True
 
@@ -53,13 +53,13 @@ def consent_filter(purposes: Sequence[Purpose | None]) -> beacon.ParticipantFilt
     cannot say which project it serves. A grant without a purpose admits nobody.
     """
     if not purposes or any(p is None for p in purposes):
-        return lambda participant, consent: False
+        return lambda dataset, consent: False
     from gdx.consent_gate.matching import Decision, ResearchPurpose, match
 
     wanted = [ResearchPurpose.from_codes(p.code, p.not_for_profit) for p in purposes if p is not None]
     decided: dict[tuple[str, ...], bool] = {}
 
-    def admitted(participant: str, consent: tuple[str, ...]) -> bool:
+    def admitted(dataset: str, consent: tuple[str, ...]) -> bool:
         key = tuple(consent)
         if key not in decided:
             decided[key] = all(match(key, purpose).decision is Decision.APPROVE for purpose in wanted)

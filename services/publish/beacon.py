@@ -23,8 +23,9 @@ ParticipantFilter = Callable[[str, tuple[str, ...]], bool]
 class IndexClient(Protocol):
     """The index's query API as publish uses it (a real client is wired by the index; tests fake it).
 
-    Every call covers only `datasets` and only participants for whom `participant_filter(pseudonym,
-    consent_terms)` is true (consent_terms: the participant's DUO codes, e.g. ("HMB", "NPU")).
+    Every call covers only `datasets` and only participants for whom `participant_filter(dataset,
+    consent_terms)` is true (consent_terms: the participant's DUO codes as released, e.g. ("HMB", "NPU");
+    the answer depends on nothing else, so the index may cache it per (dataset, terms)).
     `skip`/`limit` page the hits; `limit=0` asks for the total only. Raise IndexUnavailable (or
     ConnectionError / TimeoutError) when the index cannot answer.
     """
@@ -467,9 +468,16 @@ _SEX = {
 }
 
 
+_SEX_BY_ID = {t["id"]: t for t in _SEX.values()}
+
+
 def individual_record(hit: Mapping[str, Any]) -> dict[str, Any]:
-    """One individual (default model); phenopacket-shaped features/diseases are mapped to Beacon's."""
-    sex = _term(hit.get("sex")) or _SEX.get(str(hit.get("sex") or "").upper(), _SEX["UNKNOWN_SEX"])
+    """One individual (default model); phenopacket-shaped features/diseases are mapped to Beacon's.
+
+    `sex` may be a term, an NCIT id ("NCIT:C16576") or a phenopacket enum ("FEMALE").
+    """
+    raw_sex = hit.get("sex")
+    sex = _term(raw_sex) or _SEX_BY_ID.get(str(raw_sex)) or _SEX.get(str(raw_sex or "").upper(), _SEX["UNKNOWN_SEX"])
     record: dict[str, Any] = {"id": str(hit["id"]), "sex": sex}
     features = []
     for feature in hit.get("phenotypicFeatures") or []:

@@ -14,8 +14,10 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric import ec
+from gdx.common.avro import SchemaCatalog
 from gdx.common.errors import ConfigurationError
 from gdx.common.metrics import Metrics
+from gdx.common.settings import REPO_ROOT
 from gdx.publish.api import SERVER_ARGS, app_from_settings, make_app, start_api
 from gdx.publish.auth import Authenticator, DevIssuer, StaticJwks, TrustedIssuer, dev_token
 from gdx.publish.beacon import IndexUnavailable
@@ -79,7 +81,7 @@ class FakeIndex:
     async def query_variants(self, query, datasets, participant_filter, granularity, skip, limit):
         self._check()
         self.calls.append(("variants", list(datasets), granularity))
-        admitted = [p for p in self.people if p.dataset in datasets and participant_filter(p.id, p.consent)]
+        admitted = [p for p in self.people if p.dataset in datasets and participant_filter(p.dataset, p.consent)]
         hits = []
         for v in self.variants:
             if not self._matches(v, query):
@@ -109,8 +111,9 @@ class FakeIndex:
         found = []
         for p in self.people:
             terms = set(p.features) | {p.disease} | {"NCIT:C16576" if p.sex == "FEMALE" else "NCIT:C20197"}
-            if p.dataset in datasets and participant_filter(p.id, p.consent) and wanted <= terms:
-                found.append({"id": p.id, "dataset": p.dataset, "sex": p.sex,
+            if p.dataset in datasets and participant_filter(p.dataset, p.consent) and wanted <= terms:
+                sex = p.sex if p.sex == "FEMALE" else "NCIT:C20197"  # both forms an index may give
+                found.append({"id": p.id, "dataset": p.dataset, "sex": sex,
                               "phenotypicFeatures": [{"type": {"id": f, "label": f}} for f in p.features],
                               "diseases": [{"term": {"id": p.disease, "label": "disease"}}] if p.disease else []})
         return {"total": len(found), "hits": found[skip: skip + limit] if limit else []}
@@ -351,7 +354,8 @@ def test_individual_records_use_beacon_terms_and_pseudonyms(beacon: Beacon) -> N
                            token=beacon.token("demo-dataset", "HMB"))
     records = doc["response"]["resultSets"][0]["results"]
     assert [r["id"] for r in records] == ["P1", "P2"]
-    assert records[0]["sex"] == {"id": "NCIT:C16576", "label": "female"}
+    assert [r["sex"] for r in records] == [{"id": "NCIT:C16576", "label": "female"},
+                                           {"id": "NCIT:C20197", "label": "male"}]
     assert records[0]["phenotypicFeatures"] == [{"featureType": {"id": "HP:0001250", "label": "HP:0001250"}}]
     assert records[0]["diseases"] == [{"diseaseCode": {"id": "MONDO:0005027", "label": "disease"}}]
 
@@ -480,8 +484,10 @@ def test_every_answer_is_audited_without_personal_data(beacon: Beacon) -> None:
     assert granted["actor"] == "dev-user" and granted["granularity"] == "record" and granted["record_count"] == 1
     assert granted["dataset"] == "demo-dataset,reg" and granted["data_ref"].startswith("/g_variants?")
     assert denied["decision"] == "denied" and denied["rule"] == "auth:malformed" and denied["record_count"] == 0
+    catalog = SchemaCatalog.load(REPO_ROOT / "schemas")
     for event in beacon.audit:
         assert event["service"] == "publish" and event["participant"] is None
+        assert catalog.decode(catalog.encode("org.gdx.AuditEvent", event)) == ("org.gdx.AuditEvent", event)
         assert "P1" not in str(event) and "127.0.0.1" not in str(event)
 
 
