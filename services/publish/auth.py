@@ -462,9 +462,14 @@ class DevIssuer:
                 log.info("development issuer: new signing key in %s", self.directory)
         if self.key_path.stat().st_mode & 0o077:
             os.chmod(self.key_path, 0o600)
-        key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        try:
+            key = serialization.load_pem_private_key(self.key_path.read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigurationError(f"development issuer key {self.key_path} unreadable ({type(exc).__name__}); "
+                                     "delete it to make a new one") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-            raise ConfigurationError(f"development issuer key {self.key_path} is not an EC P-256 key")
+            raise ConfigurationError(f"development issuer key {self.key_path} is not an EC P-256 key; "
+                                     "delete it to make a new one")
         self._key = key
         self._publish_jwks()
 

@@ -252,3 +252,12 @@ def test_file_jwks_is_read_again_when_it_changes(tmp_path: Path) -> None:
     assert auth.authenticate(f"Bearer {first.visa()}")
     path.write_text(json.dumps({"keys": [first.jwk, second.jwk]}))
     assert auth.authenticate(f"Bearer {second.visa()}")
+
+
+def test_a_damaged_dev_key_is_refused_with_the_way_out(tmp_path: Path) -> None:
+    issuer = DevIssuer(tmp_path)
+    issuer.ensure_key()
+    issuer.key_path.write_text("not a key")
+    with pytest.raises(Exception, match="delete it") as refused:
+        DevIssuer(tmp_path).ensure_key()
+    assert "not a key" not in str(refused.value)  # key material never ends up in messages
