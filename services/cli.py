@@ -199,7 +199,7 @@ def _load_plugins() -> None:
     import importlib
 
     for name in ("gdx.ingest.commands", "gdx.consent_gate.commands", "gdx.index.commands",
-                 "gdx.publish.commands", "gdx.anonymize.commands", "gdx.ops_commands"):
+                 "gdx.publish.commands", "gdx.ops_commands"):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:

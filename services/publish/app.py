@@ -1,0 +1,179 @@
+"""publish wiring: the Beacon v2 API (aiohttp) over the index workers' query API, /metrics and
+/health, and every answer's access audit on gdx.audit.events.v1."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from gdx.common.avro import SchemaCatalog
+from gdx.common.envelope import new_envelope
+from gdx.common.kafka import EventProducer
+from gdx.common.logs import setup_logging
+from gdx.common.metrics import HealthServer, Metrics
+from gdx.common.topics import TopicCatalog
+from gdx.index.query import from_json, merge
+from gdx.publish import api
+from gdx.publish.beacon import IndexUnavailable
+from gdx.publish.settings import PublishSettings
+
+log = logging.getLogger(__name__)
+SERVICE = "publish"
+AUDIT = "gdx.audit.events.v1"
+
+
+def filter_factory(purposes: Sequence[Any]) -> Callable[[str, tuple[str, ...]], bool]:
+    """The consent filter, carrying its purposes so the index workers can rebuild it."""
+    flt = api.consent_filter(purposes)
+    flt.purposes = [[p.code, p.not_for_profit] if p is not None else None for p in purposes]  # type: ignore[attr-defined]
+    return flt
+
+
+def _purposes_of(flt: Any) -> list[list[Any]] | None:
+    purposes = getattr(flt, "purposes", None)
+    if purposes is None:
+        return None  # admit_all: every released participant
+    if any(p is None for p in purposes):
+        return []
+    return purposes
+
+
+class HttpIndexClient:
+    """Fans a query out to every index worker and merges their answers."""
+
+    def __init__(self, urls: Sequence[str], timeout_s: float = 10.0):
+        self.urls = [u.rstrip("/") for u in urls]
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def _post(self, path: str, body: dict[str, Any] | None) -> list[Any]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout)
+        session = self._session
+
+        async def one(url: str) -> Any:
+            try:
+                if body is None:
+                    async with session.get(url + path) as resp:
+                        resp.raise_for_status()
+                        return await resp.text()
+                async with session.post(url + path, json=body) as resp:
+                    resp.raise_for_status()
+                    return await resp.text()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise IndexUnavailable(f"index worker {url}: {exc}") from exc
+
+        return list(await asyncio.gather(*(one(u) for u in self.urls)))
+
+    async def query_variants(self, query: dict[str, Any], datasets: list[str], participant_filter: Any,
+                             granularity: str, skip: int, limit: int) -> dict[str, Any]:
+        body = {"query": query, "datasets": datasets, "purposes": _purposes_of(participant_filter),
+                "granularity": granularity, "skip": 0, "limit": skip + limit if limit else None}
+        results = [from_json(t) for t in await self._post("/variants", body)]
+        merged = merge(results)  # type: ignore[arg-type]
+        hits = merged.hits[skip:skip + limit] if limit else []
+        out = []
+        for h in hits:
+            out.append({
+                "assemblyId": h.assembly_id, "referenceName": h.reference_name, "start": h.start, "end": h.end,
+                "referenceBases": h.reference_bases, "alternateBases": h.alternate_bases,
+                "variantType": h.variant_type,
+                "datasets": {d.dataset: {"alleleCount": d.allele_count, "alleleNumber": d.allele_number,
+                                         "alleleFrequency": d.allele_frequency, "homozygous": d.homozygous,
+                                         "heterozygous": d.heterozygous, "carriers": d.carriers}
+                             for d in h.datasets},
+                "calls": [{"dataset": c.dataset, "individualId": c.participant,
+                           "zygosity": {"id": c.zygosity, "label": _GENO.get(c.zygosity, c.zygosity)}}
+                          for d in h.datasets for c in d.calls] if granularity == "record" else [],
+            })
+        total = merged.total if merged.total is not None else len(merged.hits)
+        return {"total": total, "hits": out}
+
+    async def query_individuals(self, filters: list[dict[str, Any]], datasets: list[str], participant_filter: Any,
+                                skip: int, limit: int) -> dict[str, Any]:
+        body = {"filters": filters, "datasets": datasets, "purposes": _purposes_of(participant_filter),
+                "granularity": "record", "skip": 0, "limit": None}
+        merged = merge([from_json(t) for t in await self._post("/individuals", body)])  # type: ignore[arg-type]
+        hits = []
+        for h in merged.hits[skip:skip + limit] if limit else []:
+            pp = h.phenopacket or {}
+            hits.append({"id": h.participant, "dataset": h.dataset,
+                         "sex": {"id": h.sex or "NCIT:C17998", "label": _SEX.get(h.sex or "", "unknown")},
+                         "phenotypicFeatures": pp.get("phenotypicFeatures", []), "diseases": pp.get("diseases", [])})
+        return {"total": merged.total, "hits": hits}
+
+    async def filtering_terms(self) -> list[dict[str, Any]]:
+        import json
+
+        from gdx.index.query import merge_filtering_terms
+
+        return merge_filtering_terms(json.loads(t) for t in await self._post("/filtering_terms", None))
+
+    async def datasets_seen(self) -> list[str]:
+        import json
+
+        seen: set[str] = set()
+        for text in await self._post("/datasets", None):
+            seen.update(json.loads(text))
+        return sorted(seen)
+
+
+_GENO = {"GENO:0000458": "heterozygous", "GENO:0000136": "homozygous", "GENO:0000134": "hemizygous"}
+_SEX = {"NCIT:C16576": "female", "NCIT:C20197": "male", "NCIT:C17998": "unknown"}
+
+
+class AuditProducer:
+    def __init__(self, settings: PublishSettings):
+        self.topics = TopicCatalog.load(settings.schema_dir, settings.topic_prefix)
+        self.producer = EventProducer(settings, SchemaCatalog.load(settings.schema_dir), self.topics, "gdx.publish")
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.producer.send(self.topics.name(AUDIT), event.get("actor") or "anonymous", "org.gdx.AuditEvent", event,
+                           new_envelope(event["event_id"], SERVICE))
+
+
+async def serve(settings: PublishSettings) -> None:
+    metrics = Metrics(SERVICE)
+    audit = AuditProducer(settings)
+    client = HttpIndexClient(settings.index_urls)
+    app = api.make_app(client, _config(settings), api.Authenticator.from_settings(settings),
+                       api.Privacy.from_settings(settings), audit, base_path=settings.base_path,
+                       max_page_size=settings.max_page_size, metrics=metrics, participant_filter=filter_factory)
+    health = HealthServer(metrics, settings.metrics_host, settings.port(SERVICE),
+                          lambda: {"status": "ok", "service": SERVICE}).start()
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, settings.api_host, settings.api_port).start()
+    metrics.up.labels(SERVICE).set(1)
+    log.info("beacon API listening", extra={"url": f"http://{settings.api_host}:{settings.api_port}{settings.base_path}"})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        metrics.up.labels(SERVICE).set(0)
+        await runner.cleanup()
+        if client._session is not None:
+            await client._session.close()
+        audit.producer.close()
+        health.stop()
+
+
+def _config(settings: PublishSettings) -> Any:
+    from gdx.publish.config import load_config
+
+    return load_config(settings.beacon_config)
+
+
+def main() -> int:
+    settings = PublishSettings.from_env()
+    setup_logging(SERVICE, settings.log_level)
+    asyncio.run(serve(settings))
+    return 0
