@@ -146,7 +146,7 @@ async def serve(settings: PublishSettings) -> None:
                        max_page_size=settings.max_page_size, metrics=metrics, participant_filter=filter_factory)
     health = HealthServer(metrics, settings.metrics_host, settings.port(SERVICE),
                           lambda: {"status": "ok", "service": SERVICE}).start()
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, **api.SERVER_ARGS)
     await runner.setup()
     await web.TCPSite(runner, settings.api_host, settings.api_port).start()
     metrics.up.labels(SERVICE).set(1)
