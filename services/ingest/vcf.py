@@ -265,7 +265,6 @@ _ALLELE_CHARS = [b"." + bytes(range(48, 49 + n)) for n in range(10)]  # '.', '0'
 _PHASE = bytearray(256)
 _PHASE[ord("|")] = 1
 _PHASE_TABLE = bytes(_PHASE)
-_ALL_BYTES = bytes(range(256))
 _NOT_FIELD_SEP = bytes(b for b in range(256) if b not in b":\t")
 _MISSING_PACKED = MISSING_INT.to_bytes(4, "little", signed=True)
 _BASES = b"ACGTNacgtn"
@@ -288,7 +287,8 @@ class _Format:
 
 
 def _is_uint(text: str) -> bool:
-    return text.isascii() and text.isdigit()
+    # At most 18 digits: every value fits Avro's long.
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 class _RecordParser:
@@ -319,7 +319,7 @@ class _RecordParser:
             if not _valid_contig(name):
                 raise _Bad(f"CHROM {name!r} is not a valid contig name")
             self.contig_raw, self.contig = chrom, name
-        if not pos.isdigit():
+        if not pos.isdigit() or len(pos) > 18:
             raise _Bad(f"POS {pos.decode('utf-8', 'replace')!r} is not a position (a non-negative integer)")
         if not ref or ref.translate(None, _BASES):
             raise _Bad(f"REF {ref.decode('utf-8', 'replace')!r} is not a sequence of A, C, G, T, N")
@@ -400,27 +400,30 @@ class _RecordParser:
                     out[key.lower()] = int(value)
             elif value != ".":
                 parts = value.split(",")
-                if "." in parts or (key != "SVLEN" and len(parts) != n_alts):
-                    # Not one value per ALT allele, or some missing: no typed list, but keep the text.
-                    other[key] = value
-                    continue
+                given = [p for p in parts if p != "."]
                 if key == "AC":
-                    if not all(_is_uint(p) for p in parts):
+                    if not all(_is_uint(p) for p in given):
                         raise _Bad(f"INFO/AC={value} is not a list of non-negative integers")
-                    out["ac"] = [int(p) for p in parts]
+                    typed: list[Any] = [int(p) for p in given]
                 elif key == "SVLEN":
                     try:
-                        out["svlen"] = [int(p) for p in parts]
+                        typed = [int(p) for p in given]
                     except ValueError:
                         raise _Bad(f"INFO/SVLEN={value} is not a list of integers") from None
+                    if any(abs(v) >= 10**18 for v in typed):
+                        raise _Bad(f"INFO/SVLEN={value} is out of range")
                 else:
                     try:
-                        af = [float(p) for p in parts]
+                        typed = [float(p) for p in given]
                     except ValueError:
                         raise _Bad(f"INFO/AF={value} is not a list of numbers") from None
-                    if any(f < 0 for f in af):
+                    if any(f < 0 for f in typed):
                         raise _Bad(f"INFO/AF={value} has a negative frequency")
-                    out["af"] = af
+                if len(given) != len(parts) or (key != "SVLEN" and len(parts) != n_alts):
+                    # Some missing, or not one value per ALT allele: no typed list, the text is kept.
+                    other[key] = value
+                else:
+                    out[key.lower()] = typed
         return out
 
     # -- sample columns --------------------------------------------------------------------
@@ -637,7 +640,7 @@ class VariantFile:
     assembly: str = "unknown"
     records_read: int = 0
     _lines: _TextLines | None = None
-    _header_lines: int = 0
+    _stamp: tuple[int, int] = (0, 0)  # size and mtime when the checksums were taken
     _has_format: bool = False
     _bcf: Any = None
     _crlf: bool = False
@@ -700,8 +703,17 @@ class VariantFile:
                     raise self.error("not UTF-8 text", line=lines.lines_read) from None
                 self.records_read += 1
                 yield record
+            self._check_unchanged()
         finally:
             self.close()
+
+    def _check_unchanged(self) -> None:
+        # A center may still be writing the file: then the checksums (the file id) describe other
+        # bytes than the records just read.
+        stat = self.path.stat()
+        if (stat.st_size, stat.st_mtime_ns) != self._stamp:
+            raise self.error("the file changed while it was read: send it again once it is complete",
+                             reason_code="file-changed")
 
     def _bcf_records(self, parse: Callable[[bytes], dict[str, Any]]) -> Iterator[dict[str, Any]]:
         verbosity = pysam.set_verbosity(0)
@@ -723,6 +735,7 @@ class VariantFile:
                 record["qual"] = rec.qual  # the stored float32: htslib's text keeps only 6 digits
                 self.records_read += 1
                 yield record
+            self._check_unchanged()
         finally:
             pysam.set_verbosity(verbosity)
             self.close()
@@ -743,6 +756,7 @@ def _probe(path: Path) -> VariantFile:
     """The file's facts from its bytes alone: checksums, size, kind, compression."""
     name = path.name
     try:
+        stat = path.stat()
         facts = _file_facts(path)
         with path.open("rb") as f:
             head = f.read(1 << 16)
@@ -762,6 +776,7 @@ def _probe(path: Path) -> VariantFile:
     vf = VariantFile(path=path, kind=kind, compression=compression, size=facts.size, sha256=facts.sha256,
                      md5=facts.md5)
     vf._head, vf._tail = head, facts.tail
+    vf._stamp = (stat.st_size, stat.st_mtime_ns)
     return vf
 
 
@@ -834,7 +849,6 @@ def _read_vcf_header(vf: VariantFile, start: bytes) -> None:
         if text.startswith("#CHROM"):
             _columns(vf, text, number)
             vf.header = header
-            vf._header_lines = number
             return  # the data lines continue from the same iterator
         if text.startswith("#"):
             raise vf.error("expected the #CHROM header line", line=number)

@@ -261,3 +261,21 @@ def test_every_passed_conformance_file_ingests_unless_documented(shared_data: Pa
         else:
             assert error is None, f"{key}: {error}"
             assert events[-1][1]["phase"] == "END"
+
+
+def test_file_still_being_written_is_not_ended(tmp_path: Path) -> None:
+    path = write(tmp_path, "growing.vcf", "".join(GOOD_LINE.format(pos=p) for p in range(1, 50)))
+    reader = iter_events(path, "center-a", "dataset-1")
+    assert next(reader)[1]["phase"] == "START"  # checksums were taken of the file as it was
+    with path.open("a") as f:
+        f.write(GOOD_LINE.format(pos=60))
+    with pytest.raises(VcfError) as caught:
+        list(reader)
+    assert caught.value.reason_code == "file-changed" and "changed while it was read" in str(caught.value)
+    assert caught.value.failed_manifest["phase"] == "FAILED"
+
+
+def test_missing_file_has_no_manifest_to_send(tmp_path: Path) -> None:
+    seen, error = outcome(tmp_path / "nowhere.vcf.gz")
+    assert seen == [] and error is not None and error.failed_manifest is None
+    assert str(error).startswith("nowhere.vcf.gz: cannot read the file") and error.reason_code == "unreadable"
