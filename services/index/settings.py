@@ -23,7 +23,7 @@ class IndexSettings(ServiceSettings):
                          " committed), FULL at every batch"})
     cache_mb: int = dataclasses.field(default=64, metadata={"doc": "SQLite page cache per connection, MiB"})
     purge_on_retraction: bool = dataclasses.field(
-        default=True, metadata={"doc": "erase a retracted participant's genotypes from the store at once (they are"
+        default=True, metadata={"doc": "erase retracted participants' genotypes from the store at each commit (they are"
                                        " hidden from answers either way)"})
     ontology_files: tuple[Path, ...] = dataclasses.field(
         default=(), metadata={"doc": "comma-separated OBO files (HPO, MONDO...) for descendant-term filters"})

@@ -381,6 +381,8 @@ class IndexStore:
                     conn.execute("UPDATE slice SET members=?, ranges='[]' WHERE slice_id=?",
                                  (json.dumps(members), slice_id))
                 self._slices.pop(slice_id, None)
+        for slice_id in per_slice:
+            self._slices.pop(slice_id, None)  # a query may have cached the old members meanwhile
         return len(per_slice)
 
     # -- files -----------------------------------------------------------------------------------
@@ -459,7 +461,9 @@ class IndexStore:
             raise PermanentError(f"batch {file_id}#{batch_index}: {len(samples)} samples but {len(terms)} terms",
                                  reason_code="invalid-batch", record_count=len(batch.get("records") or ()))
         if file_id in self._failed:
-            return 0  # the file was rejected; a late re-release of it must not bring it back
+            with self.transaction(source):
+                pass  # the file was rejected; a late re-release of it must not bring it back
+            return 0
         members: list[list[Any]] = [
             [s, [str(c) for c in t["duo"]], int(t["consent_time"]), str(t.get("consent_version", ""))]
             for s, t in zip(samples, terms, strict=True)]
