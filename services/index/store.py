@@ -42,6 +42,9 @@ SCHEMA_VERSION = "1"
 # (start-ordered) key can then look back only LONG_VARIANT bases before the range for short ones.
 LONG_VARIANT = 1000
 
+# Slices (member lists) kept decoded in memory between queries.
+SLICE_CACHE = 20_000
+
 # Highest ploidy whose allele codes fit a byte (3 bits copies, 3 bits called, 1 bit missing).
 MAX_PLOIDY = 7
 
@@ -550,6 +553,8 @@ class IndexStore:
             if row is None:
                 return None
             members = json.loads(row[1])
+            if len(self._slices) >= SLICE_CACHE:
+                self._slices.clear()  # crude bound on memory; a query touches few slices
             cached = _Slice(row[0], [m[0] for m in members], [tuple(m[1]) for m in members], [m[2] for m in members])
             self._slices[slice_id] = cached
         return cached
