@@ -45,7 +45,7 @@ class Issuer:
         self.trusted = TrustedIssuer(name, StaticJwks({"keys": [self.jwk]}))
 
     def sign(self, claims: dict[str, Any], **header: Any) -> str:
-        body = {"iss": self.name, "sub": "alice", "iat": NOW, "exp": NOW + 600, **claims}
+        body = {"iss": self.name, "sub": "alice", "iat": int(time.time()), "exp": int(time.time()) + 600, **claims}
         return jwt.encode(body, self.key, algorithm=self.alg, headers={"kid": self.kid, **header})
 
     def visa(self, value: str = "ds1", purpose: Any = "HMB", **claims: Any) -> str:
@@ -152,7 +152,7 @@ def test_unusable_tokens_are_refused_with_a_reason(case: str, expected: str) -> 
         "future-iat": issuer.visa(iat=NOW + 3600),
         "future-nbf": issuer.visa(nbf=NOW + 3600),
         "no-exp": jwt.encode({"iss": issuer.name, "sub": "a", "iat": NOW}, issuer.key, "ES256", {"kid": "k1"}),
-        "no-sub": jwt.encode({"iss": issuer.name, "iat": NOW, "exp": NOW + 60}, issuer.key, "ES256", {"kid": "k1"}),
+        "no-sub": jwt.encode({"iss": issuer.name, "iat": int(time.time()), "exp": int(time.time()) + 3600}, issuer.key, "ES256", {"kid": "k1"}),
         "string-exp": issuer.visa(exp="tomorrow"),
         "other-key": impostor.visa(),
         "unknown-kid": issuer.sign({}, kid="k2"),
