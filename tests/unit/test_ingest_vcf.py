@@ -23,6 +23,8 @@ from gdx.ingest.vcf import (
     iter_events,
     open_variant_file,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[2]
 pysam.set_verbosity(0)  # htslib warns about every undeclared key of the conformance files
@@ -300,3 +302,29 @@ def test_reading_keeps_nan_and_infinite_qual(shared_data: Path) -> None:
     quals = [r["qual"] for r in records_of(events(shared_data / CONFORMANCE / "4.3/passed/passed_body_qual.vcf"))]
     assert quals[:4] == [100.0, 20.0, 5.3e-10, 5.75] and quals[4] is None
     assert quals[5] == quals[6] == math.inf and math.isnan(quals[7])
+
+
+_CALL = st.one_of(
+    st.just("."),
+    st.lists(st.one_of(st.just("."), st.integers(0, 12).map(str)), min_size=1, max_size=3).flatmap(
+        lambda alleles: st.lists(st.sampled_from("/|"), min_size=len(alleles) - 1, max_size=len(alleles) - 1)
+        .map(lambda seps: alleles[0] + "".join(s + a for s, a in zip(seps, alleles[1:], strict=True)))),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.integers(1, 12), st.one_of(
+    st.lists(_CALL, min_size=4, max_size=4),
+    st.lists(st.sampled_from(["0/0", "0|1", "1|0", "1/1", "./.", ".|1", "2|1", "0/3"]), min_size=4, max_size=4),
+)), min_size=1, max_size=8))
+def test_any_genotype_text_packs_as_pysam_reads_it(tmp_path: Path, rows: list[tuple[int, list[str]]]) -> None:
+    # The fast path (all diploid one-digit calls) and the general path must agree with htslib.
+    lines = []
+    for pos, (n_alts, calls) in enumerate(rows, start=1):
+        top = max([int(a) for c in calls for a in re.split(r"[/|]", c) if a != "."], default=0)
+        alts = ",".join(["A", "C", "G", "T"][i % 4] * (i // 4 + 1) for i in range(max(n_alts, top)))
+        lines.append(f"1\t{pos}\t.\tN\t{alts}\t.\t.\t.\tGT\t" + "\t".join(calls) + "\n")
+    path = tmp_path / "calls.vcf"
+    path.write_text("##fileformat=VCFv4.2\n##FORMAT=<ID=GT,Number=1,Type=String,Description=\"g\">\n"
+                    "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1\ts2\ts3\ts4\n" + "".join(lines))
+    assert assert_same_as_pysam(path) == len(rows)
