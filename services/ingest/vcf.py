@@ -286,6 +286,11 @@ class _Format:
     ad: int | None
 
 
+def _sample(index: int) -> str:
+    # Errors end up in dead letters, which must not carry participant ids: name the column instead.
+    return f"sample #{index + 1} (column {index + 10})"
+
+
 def _is_uint(text: str) -> bool:
     # At most 18 digits: every value fits Avro's long.
     return text.isascii() and text.isdigit() and len(text) <= 18
@@ -486,9 +491,9 @@ class _RecordParser:
         record["ad"] = None if spec.ad is None else self._ad(fields[spec.ad], n_alts + 1)  # type: ignore[index]
 
     def _too_many_fields(self, cols: list[bytes], k: int) -> str:
-        for name, col in zip(self.samples, cols, strict=False):
+        for index, col in enumerate(cols):
             if col.count(b":") >= k:
-                return f"sample {name} has more fields than FORMAT declares ({k})"
+                return f"{_sample(index)} has more fields than FORMAT declares ({k})"
         return "a sample has more fields than FORMAT declares"
 
     def _genotypes(self, record: dict[str, Any], text: bytes, n_alts: int) -> None:
@@ -511,7 +516,7 @@ class _RecordParser:
         top = max(e[3] for e in entries)
         if top > n_alts:
             bad = next(i for i, e in enumerate(entries) if e[3] > n_alts)
-            raise _Bad(f"sample {self.samples[bad]}: GT {calls[bad].decode()} refers to allele {entries[bad][3]}, "
+            raise _Bad(f"{_sample(bad)}: GT {calls[bad].decode()} refers to allele {entries[bad][3]}, "
                        f"the record has {n_alts} ALT allele(s)")
         ploidy = max(e[1] for e in entries)
         if all(e[1] == ploidy for e in entries):
@@ -540,10 +545,10 @@ class _RecordParser:
                 elif a.isdigit():
                     values.append(int(a))
                 else:
-                    raise _Bad(f"sample {self.samples[index]}: GT {call.decode('utf-8', 'replace')!r} "
+                    raise _Bad(f"{_sample(index)}: GT {call.decode('utf-8', 'replace')!r} "
                                "is not a genotype")
             if max(values) > 127:
-                raise _Bad(f"sample {self.samples[index]}: GT allele {max(values)}: gdx packs allele "
+                raise _Bad(f"{_sample(index)}: GT allele {max(values)}: gdx packs allele "
                            "indexes in one signed byte (0 to 127)")
             phased = int(all(s == b"|" for s in seps))
             entry = (bytes(v & 0xFF for v in values), len(values), phased, max(values))
@@ -582,10 +587,10 @@ class _RecordParser:
         except KeyError:
             pass
         out = []
-        for name, v in zip(self.samples, values, strict=True):
+        for index, v in enumerate(values):
             packed = self._pack(v)
             if packed is None:
-                raise _Bad(f"sample {name}: {key} {v.decode('utf-8', 'replace')!r} is not a non-negative "
+                raise _Bad(f"{_sample(index)}: {key} {v.decode('utf-8', 'replace')!r} is not a non-negative "
                            "number below 2^31")
             out.append(packed)
         return b"".join(out)
@@ -601,15 +606,15 @@ class _RecordParser:
             return b"".join(map(cache.__getitem__, values))
         except KeyError:
             pass
-        for name, v in zip(self.samples, values, strict=True):
+        for index, v in enumerate(values):
             if v in cache:
                 continue
             parts = v.split(b",")
             if len(parts) != alleles:
-                raise _Bad(f"sample {name}: AD has {len(parts)} values, the record has {alleles} alleles")
+                raise _Bad(f"{_sample(index)}: AD has {len(parts)} values, the record has {alleles} alleles")
             packed = [self._pack(p) for p in parts]
             if None in packed:
-                raise _Bad(f"sample {name}: AD {v.decode('utf-8', 'replace')!r} is not a list of "
+                raise _Bad(f"{_sample(index)}: AD {v.decode('utf-8', 'replace')!r} is not a list of "
                            "non-negative numbers below 2^31")
             cache[v] = b"".join(packed)  # type: ignore[arg-type]
         return b"".join(map(cache.__getitem__, values))
@@ -884,9 +889,12 @@ def _columns(vf: VariantFile, text: str, number: int) -> None:
     if "" in samples:
         raise vf.error("the #CHROM line has an empty sample name", line=number)
     if len(set(samples)) != len(samples):
-        seen: set[str] = set()
-        dup = next(s for s in samples if s in seen or seen.add(s))  # type: ignore[func-returns-value]
-        raise vf.error(f"sample {dup} appears twice in the #CHROM line", line=number)
+        first: dict[str, int] = {}
+        for column, sample in enumerate(samples, start=10):
+            if sample in first:
+                raise vf.error(f"the #CHROM line repeats a sample name (columns {first[sample]} and {column})",
+                               line=number)
+            first[sample] = column
     vf.samples = samples
     vf._has_format = True
 

@@ -93,11 +93,11 @@ def test_data_row_with_wrong_column_count_names_its_line(tmp_path: Path) -> None
 @pytest.mark.parametrize(("body", "reason"), [
     ("1\t1x\t.\tA\tG\t.\t.\t.\tGT\t0/1\t0/0\n", "POS '1x' is not a position"),
     ("1\t5\t.\tAXG\tG\t.\t.\t.\tGT\t0/1\t0/0\n", "REF 'AXG' is not a sequence of A, C, G, T, N"),
-    ("1\t5\t.\tA\tG\t.\t.\t.\tGT\t0/1\t0/C\n", "sample P2: GT '0/C' is not a genotype"),
-    ("1\t5\t.\tA\tG\t.\t.\t.\tGT\t0/1\t0/2\n", "sample P2: GT 0/2 refers to allele 2, the record has 1 ALT"),
+    ("1\t5\t.\tA\tG\t.\t.\t.\tGT\t0/1\t0/C\n", "sample #2 (column 11): GT '0/C' is not a genotype"),
+    ("1\t5\t.\tA\tG\t.\t.\t.\tGT\t0/1\t0/2\n", "sample #2 (column 11): GT 0/2 refers to allele 2, the record has 1 ALT"),
     ("1\t5\t.\tA\tG\t.\t.\tAC=-1\tGT\t0/1\t0/0\n", "INFO/AC=-1 is not a list of non-negative integers"),
-    ("1\t5\t.\tA\tG\t.\t.\t.\tGT:DP\t0/1:x\t0/0:3\n", "sample P1: DP 'x' is not a non-negative number"),
-    ("1\t5\t.\tA\tG,T\t.\t.\t.\tGT:AD\t0/1:3,4\t0/0:3,0,0\n", "sample P1: AD has 2 values, the record has 3"),
+    ("1\t5\t.\tA\tG\t.\t.\t.\tGT:DP\t0/1:x\t0/0:3\n", "sample #1 (column 10): DP 'x' is not a non-negative number"),
+    ("1\t5\t.\tA\tG,T\t.\t.\t.\tGT:AD\t0/1:3,4\t0/0:3,0,0\n", "sample #1 (column 10): AD has 2 values, the record has 3"),
     ("chr 1\t5\t.\tA\tG\t.\t.\t.\tGT\t0/1\t0/0\n", "CHROM 'chr 1' is not a valid contig name"),
 ])
 def test_malformed_record_is_rejected_after_the_batches_before_it(tmp_path: Path, body: str, reason: str) -> None:
@@ -112,6 +112,13 @@ def test_malformed_record_is_rejected_after_the_batches_before_it(tmp_path: Path
     assert (failed["record_count"], failed["batch_count"]) == (4, 2) == (error.record_count, error.batch_count)
     assert {k: v for k, v in failed.items() if k not in ("phase", "reason", "record_count", "batch_count")} \
         == {k: v for k, v in seen[0][1].items() if k not in ("phase", "reason", "record_count", "batch_count")}
+
+
+def test_messages_name_sample_columns_never_participant_ids(tmp_path: Path) -> None:
+    # VcfError reasons end up in dead letters, which must carry no direct identifier.
+    body = "1\t5\t.\tA\tG\t.\t.\t.\tGT:DP:AD\t0/1:3:1,2\t0/0:4:4,0,1\n"
+    error = rejected(write(tmp_path, "ids.vcf", body))
+    assert "column 11" in str(error) and "P2" not in str(error) and "P1" not in str(error)
 
 
 def test_failed_manifest_helper_keeps_the_start_facts() -> None:
@@ -182,7 +189,7 @@ def test_plain_text_without_final_newline_may_be_truncated(tmp_path: Path) -> No
 def test_header_problems(tmp_path: Path) -> None:
     dup = tmp_path / "dup.vcf"
     dup.write_text(HEADER.replace("P1\tP2", "P1\tP1") + GOOD_LINE.format(pos=1))
-    assert str(rejected(dup)) == "dup.vcf line 4: sample P1 appears twice in the #CHROM line"
+    assert str(rejected(dup)) == "dup.vcf line 4: the #CHROM line repeats a sample name (columns 10 and 11)"
     old = tmp_path / "old.vcf"
     old.write_text(HEADER.replace("VCFv4.2", "VCFv3.3"))
     assert "unsupported file format 'VCFv3.3'" in str(rejected(old))
@@ -196,8 +203,8 @@ BROKEN_IN_THE_WILD = {
     "vcf/brentp+cyvcf2/cyvcf2/tests/test-invalid-header.vcf": "line 2: the #CHROM line has an empty sample name",
     "vcf/pysam-developers+pysam/tests/tabix_data/example.vcf.gz": "line 1: not a VCF file",
     "vcf/samtools+htslib/test/noroundtrip.vcf": "line 6: FORMAT GT:GT repeats a key",
-    "vcf/samtools+htslib/test/tabix/vcf_file.vcf": "sample A: GT allele 300",
-    "vcf/samtools+htslib/test/tabix/vcf_file.bcf": "record 15: sample A: GT allele 300",
+    "vcf/samtools+htslib/test/tabix/vcf_file.vcf": "sample #1 (column 10): GT allele 300",
+    "vcf/samtools+htslib/test/tabix/vcf_file.bcf": "record 15: sample #1 (column 10): GT allele 300",
     "vcf/samtools+htslib/test/vcf44_1.vcf": "the last line does not end with a newline",
 }
 
