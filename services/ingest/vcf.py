@@ -520,11 +520,11 @@ class _RecordParser:
                        f"the record has {n_alts} ALT allele(s)")
         ploidy = max(e[1] for e in entries)
         if all(e[1] == ploidy for e in entries):
-            gt = b"".join(e[0] for e in entries)
+            packed = b"".join(e[0] for e in entries)
         else:
             pad = (GT_UNUSED & 0xFF).to_bytes(1, "little")
-            gt = b"".join(e[0] + pad * (ploidy - e[1]) for e in entries)
-        record.update(ploidy=ploidy, gt=gt, phased=bytes(e[2] for e in entries))
+            packed = b"".join(e[0] + pad * (ploidy - e[1]) for e in entries)
+        record.update(ploidy=ploidy, gt=packed, phased=bytes(e[2] for e in entries))
 
     def _parse_gt(self, call: bytes, index: int) -> tuple[bytes, int, int, int]:
         """(packed alleles, ploidy, phased, highest allele index) of one GT value, cached by its text."""
@@ -820,7 +820,7 @@ def _open_bcf(vf: VariantFile) -> None:
     vf.header = [line for line in str(header).splitlines() if line.startswith("##")]
     vf.samples = list(header.samples)
     vf._has_format = bool(vf.samples)
-    vf.contigs = list(header.contigs)
+    vf.contigs = [c.name for c in header.contigs.values()]
     vf.contig_lengths = {c.name: c.length for c in header.contigs.values()}
 
 
