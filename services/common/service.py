@@ -16,7 +16,8 @@ class ServiceSettings(Settings):
 
     metrics_host: str = dataclasses.field(
         default="127.0.0.1", metadata={"doc": "address of the /metrics and /health endpoint", "env": "GDX_METRICS_HOST"})
-    metrics_port: int = dataclasses.field(default=0, metadata={"doc": "port of /metrics and /health (0: the service's default)"})
+    metrics_port: int = dataclasses.field(
+        default=-1, metadata={"doc": "port of /metrics and /health (-1: the service's default, 0: any free port)"})
     max_retries: int = dataclasses.field(default=5, metadata={"doc": "attempts for a transient error before exiting"})
     retry_backoff_s: float = dataclasses.field(default=0.5, metadata={"doc": "first retry delay, doubled each attempt"})
     poll_records: int = dataclasses.field(default=50, metadata={"doc": "events taken per poll"})
@@ -31,4 +32,4 @@ class ServiceSettings(Settings):
         return path
 
     def port(self, service: str) -> int:
-        return self.metrics_port or METRICS_PORTS.get(service, 0)
+        return self.metrics_port if self.metrics_port >= 0 else METRICS_PORTS.get(service, 0)

@@ -137,20 +137,50 @@ class AuditProducer:
                            new_envelope(event["event_id"], SERVICE))
 
 
+class PublishServer:
+    """The Beacon API, /metrics and /health of one publish process; `start` and `stop` run in an event loop."""
+
+    def __init__(self, settings: PublishSettings, metrics: Metrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics(SERVICE)
+        self.audit = AuditProducer(settings)
+        self.client = HttpIndexClient(settings.index_urls)
+        self.app = api.make_app(self.client, _config(settings), api.Authenticator.from_settings(settings),
+                                api.Privacy.from_settings(settings), self.audit, base_path=settings.base_path,
+                                max_page_size=settings.max_page_size, metrics=self.metrics,
+                                participant_filter=filter_factory)
+        self.health: HealthServer | None = None
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> str:
+        s = self.settings
+        self.health = HealthServer(self.metrics, s.metrics_host, s.port(SERVICE),
+                                   lambda: {"status": "ok", "service": SERVICE}).start()
+        self.runner = web.AppRunner(self.app, access_log=None, **api.SERVER_ARGS)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, s.api_host, s.api_port)
+        await site.start()
+        port = self.runner.addresses[0][1] if self.runner.addresses else s.api_port
+        self.url = f"http://{s.api_host}:{port}{s.base_path}"
+        self.metrics.up.labels(SERVICE).set(1)
+        log.info("beacon API listening", extra={"url": self.url})
+        return self.url
+
+    async def stop(self) -> None:
+        self.metrics.up.labels(SERVICE).set(0)
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.client._session is not None:
+            await self.client._session.close()
+        self.audit.producer.close()
+        if self.health is not None:
+            self.health.stop()
+
+
 async def serve(settings: PublishSettings) -> None:
-    metrics = Metrics(SERVICE)
-    audit = AuditProducer(settings)
-    client = HttpIndexClient(settings.index_urls)
-    app = api.make_app(client, _config(settings), api.Authenticator.from_settings(settings),
-                       api.Privacy.from_settings(settings), audit, base_path=settings.base_path,
-                       max_page_size=settings.max_page_size, metrics=metrics, participant_filter=filter_factory)
-    health = HealthServer(metrics, settings.metrics_host, settings.port(SERVICE),
-                          lambda: {"status": "ok", "service": SERVICE}).start()
-    runner = web.AppRunner(app, access_log=None, **api.SERVER_ARGS)
-    await runner.setup()
-    await web.TCPSite(runner, settings.api_host, settings.api_port).start()
-    metrics.up.labels(SERVICE).set(1)
-    log.info("beacon API listening", extra={"url": f"http://{settings.api_host}:{settings.api_port}{settings.base_path}"})
+    server = PublishServer(settings)
+    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -158,12 +188,7 @@ async def serve(settings: PublishSettings) -> None:
     try:
         await stop.wait()
     finally:
-        metrics.up.labels(SERVICE).set(0)
-        await runner.cleanup()
-        if client._session is not None:
-            await client._session.close()
-        audit.producer.close()
-        health.stop()
+        await server.stop()
 
 
 def _config(settings: PublishSettings) -> Any:

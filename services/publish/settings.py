@@ -44,7 +44,7 @@ class PublishSettings(ServiceSettings):
         default=3600, metadata={"doc": "length of the sliding query budget window, in seconds"})
     max_page_size: int = dataclasses.field(
         default=100, metadata={"doc": "largest page of records; limit=0 or a larger limit gets this"})
-    metrics_port: int = dataclasses.field(default=9105, metadata={"doc": "port of /metrics and /health"})
+    metrics_port: int = dataclasses.field(default=9105, metadata={"doc": "port of /metrics and /health (0: any free port)"})
     index_urls: tuple[str, ...] = dataclasses.field(
         default=("http://127.0.0.1:5060",), metadata={"doc": "comma list of index query API base URLs"})
 
