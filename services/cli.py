@@ -198,8 +198,8 @@ def _load_plugins() -> None:
     """Commands defined next to the code they drive (gdx.<service>.commands) register themselves."""
     import importlib
 
-    for name in ("gdx.ingest.commands", "gdx.consent_gate.commands", "gdx.index.commands",
-                 "gdx.publish.commands", "gdx.ops_commands"):
+    for name in ("gdx.ingest.commands", "gdx.anonymize.commands", "gdx.consent_gate.commands", "gdx.index.commands",
+                 "gdx.publish.commands", "gdx.ops_commands", "gdx.reconcile"):
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
