@@ -73,8 +73,8 @@ def resolve_jars(version: str = DEFAULT_VERSION, quiet: bool = True) -> Path:
     if libs.exists():
         shutil.rmtree(libs)
     libs.mkdir(parents=True)
-    # 3.9 logs through Log4j 1 (reload4j), which it brings itself; 4.x needs the Log4j2 binding from the pom
-    profile_args = [] if version.startswith("4.") else ["-Dlog4j.scope=provided"]
+    # 4.x logs through Log4j2 (the pom's default dependencies); 3.9 through SLF4J 1.7 and reload4j (profile kafka3)
+    profile_args = [] if version.startswith("4.") else ["-Dlog4j.scope=provided", "-Dkafka3"]
     cmd = ["mvn", "-B", "-f", str(POM), f"-Dkafka.version={version}", *profile_args,
            "dependency:copy-dependencies", f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
     if quiet:
