@@ -133,7 +133,8 @@ def _normalize_duo_id(raw: str, where: str) -> str | None:
     """'DUO:0000042' from an id or IRI; an eight-digit id with a leading extra zero is normalized.
 
     The 2021-02-23 release has the IRI DUO_00000044 for DUO:0000044 (its own oboInOwl:id and duo.csv
-    say DUO:0000044): the number is unambiguous, so it is kept, not dropped, with a warning.
+    say DUO:0000044): the number is unambiguous, so it is kept, not dropped. That is logged at debug
+    level only: the known release is loaded by every `gdx` command, and users cannot act on it.
     """
     m = _DUO_ID.match(raw.strip())
     if not m or m.group(2) is not None:
@@ -144,7 +145,7 @@ def _normalize_duo_id(raw: str, where: str) -> str | None:
         return f"DUO:{digits}"
     if len(digits) > 7 and digits[: len(digits) - 7] == "0" * (len(digits) - 7):
         fixed = f"DUO:{digits[-7:]}"
-        log.warning("%s: malformed DUO id %r (%d digits) normalized to %s", where, raw, len(digits), fixed)
+        log.debug("%s: malformed DUO id %r (%d digits) normalized to %s", where, raw, len(digits), fixed)
         return fixed
     log.warning("%s: skipping malformed DUO id %r (DUO ids have 7 digits)", where, raw)
     return None

@@ -145,11 +145,14 @@ def test_malformed_ids_in_a_release_are_normalized_or_skipped(tmp_path, caplog):
     rows = [r for r in _builtin_rows() if r[1] != "NPOA"]
     rows += [("DUO:00000044", "NPOA", "population origins or ancestry research prohibited"),
              ("DUO:1230000044", "BAD", "not recoverable")]
-    with caplog.at_level(logging.WARNING, logger="gdx.common.duo"):
+    with caplog.at_level(logging.DEBUG, logger="gdx.common.duo"):
         vocab = duo.load_release(_write_csv(tmp_path / "duo.csv", rows))
     assert vocab.by_shorthand["NPOA"].duo_id == "DUO:0000044"
     assert "BAD" not in vocab.by_shorthand
     assert "normalized to DUO:0000044" in caplog.text and "skipping malformed DUO id" in caplog.text
+    # the fixable id is debug (every command loads the release); the dropped one stays a warning
+    assert [r.levelno for r in caplog.records if "normalized to" in r.getMessage()] == [logging.DEBUG]
+    assert {r.levelno for r in caplog.records if "skipping" in r.getMessage()} == {logging.WARNING}
 
 
 def test_release_path_errors(tmp_path):
@@ -204,9 +207,10 @@ def test_every_code_of_the_real_release_parses(shared_data):
 def test_malformed_owl_id_of_the_real_release_is_normalized(shared_data, caplog):
     owl = shared_data / "duo" / "EBISPOT+DUO" / "duo.owl"
     assert "DUO_00000044" in owl.read_text()  # the dirt is really there
-    with caplog.at_level(logging.WARNING, logger="gdx.common.duo"):
+    with caplog.at_level(logging.DEBUG, logger="gdx.common.duo"):
         entries = duo.read_duo_owl(owl)
     assert "DUO_00000044" in caplog.text and "normalized to DUO:0000044" in caplog.text
+    assert all(r.levelno == logging.DEBUG for r in caplog.records if "normalized to" in r.getMessage())
     by_shorthand = {e.shorthand: e for e in entries if e.shorthand}
     assert by_shorthand["NPOA"].duo_id == "DUO:0000044"
     assert not any(len(e.duo_id) != len("DUO:0000044") for e in entries)
