@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages gdx needs on the machine: Java 17+ (Kafka), Maven (resolves the Kafka jars),
-# and Prometheus/promtool (ops tests; unpacked, never started as a system service).
+# bcftools (the benchmark's decoding baseline, `make bench`), and Prometheus/promtool (ops tests;
+# unpacked, never started as a system service).
 set -euo pipefail
 need=()
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
+command -v bcftools >/dev/null || need+=(bcftools)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing: ${need[*]} (install them, or run as root)" >&2; exit 1
