@@ -104,8 +104,8 @@ def _consent(args: argparse.Namespace) -> int:
     from gdx.ingest.producer import IngestProducer
     from gdx.ingest.settings import IngestSettings
 
-    records = []
-    errors = []
+    records: list[dict] = []
+    errors: list[ConsentRowError] = []
     if args.action == "grant":
         try:
             records.append(grant_record(args.center, args.dataset, args.participant, args.duo))

@@ -81,32 +81,40 @@ class IngestProducer:
     # -- files -----------------------------------------------------------------------------
     def ingest_vcf(self, path: Path, center: str, dataset: str, assembly: str | None = None,
                    progress: Callable[[int], object] | None = None) -> FileResult:
-        from gdx.ingest.vcf import MANIFEST, VcfError, iter_events
+        """Send one VCF/BCF file: START, batches, END; on bad input a FAILED manifest and a dead letter."""
+        from gdx.ingest.vcf import MANIFEST, VcfError, event_id, failed_manifest, iter_events
 
         started = time.monotonic()
         result = FileResult(path, ok=False)
+        start: dict[str, Any] | None = None
         self.metrics.files.labels(SERVICE, "in_flight").inc()
         try:
+            # room for the batch's own fields and the Avro framing beside its records
+            cap = max(1, self.settings.max_message_bytes - 64 * 1024)
             for schema, value in iter_events(path, center, dataset, batch_size=self.settings.batch_size,
-                                             assembly=assembly, progress=progress):
+                                             assembly=assembly, progress=progress, max_batch_bytes=cap):
                 result.file_id = value["file_id"]
+                self.send(RAW_VARIANTS, value["file_id"], schema, value, event_id(schema, value),
+                          correlation=value["file_id"])
                 if schema == MANIFEST:
-                    event_id = stable_id("manifest", value["file_id"], value["phase"])
+                    start = start or value
                 else:
-                    event_id = stable_id("batch", value["file_id"], value["batch_index"])
                     result.records += value["record_count"]
                     result.batches += 1
-                self.send(RAW_VARIANTS, value["file_id"], schema, value, event_id, correlation=value["file_id"])
             self.flush()
             result.ok = True
             self.metrics.files.labels(SERVICE, "complete").inc()
-        except VcfError as exc:
-            result.error = str(exc)
-            failed = exc.failed_manifest
+        except PermanentError as exc:
+            # bad input (VcfError), or an event the broker must refuse (too large): the file is failed
+            # as a whole, so downstream drops the batches already sent
+            result.error = str(exc) if isinstance(exc, VcfError) else f"{path.name}: {exc}"
+            failed = exc.failed_manifest if isinstance(exc, VcfError) else None
+            if failed is None and start is not None:
+                failed = failed_manifest(start, str(exc), record_count=result.records, batch_count=result.batches)
             if failed is not None:
                 result.file_id = failed["file_id"]
-                self.send(RAW_VARIANTS, failed["file_id"], MANIFEST, failed,
-                          stable_id("manifest", failed["file_id"], "FAILED"), correlation=failed["file_id"])
+                self.send(RAW_VARIANTS, failed["file_id"], MANIFEST, failed, event_id(MANIFEST, failed),
+                          correlation=failed["file_id"])
             self._dead_letter_file(path, exc, result)
             self.flush()
             self.metrics.files.labels(SERVICE, "failed").inc()
@@ -120,7 +128,8 @@ class IngestProducer:
         # file by its checksum id and says where in it the problem is
         reason = str(exc).replace(path.name, "file")
         file_id = result.file_id or ("sha256:" + _digest(path)[0])
-        where = f" line {exc.line}" if getattr(exc, "line", None) else ""
+        line, record = getattr(exc, "line", None), getattr(exc, "record", None)
+        where = f" line {line}" if line else f" record {record}" if record else ""
         self.dead_letter(exc.reason_code, reason, f"file {file_id}{where}", path,
                          record_count=getattr(exc, "record_count", 0) or 0, file_id=file_id)
 

@@ -64,9 +64,14 @@ class _Bad(Exception):
     """A record is invalid; the reader adds file name and line/record number."""
 
 
-def batch_event_id(file_id: str, batch_index: int) -> str:
-    """Event id of a file's batch: the same file gives the same ids, so a re-sent file is de-duplicated."""
-    return stable_id("org.gdx.VariantBatch", file_id, batch_index)
+# The one definition of ingest's variant event ids (the producer, the drop box and tests use these).
+# A batch is named by the file's checksum (file_id = sha256) and the range of records it carries, so
+# the same file sent twice gives the same ids and downstream de-duplicates it.
+
+
+def batch_event_id(file_id: str, first_record: int, record_count: int) -> str:
+    """Event id of the batch carrying records [first_record, first_record + record_count) of a file."""
+    return stable_id("org.gdx.VariantBatch", file_id, first_record, record_count)
 
 
 def manifest_event_id(file_id: str, phase: str) -> str:
@@ -75,9 +80,9 @@ def manifest_event_id(file_id: str, phase: str) -> str:
 
 
 def event_id(name: str, value: dict[str, Any]) -> str:
-    """Event id of any event `iter_events` yields."""
+    """Event id of any event `iter_events` yields (and of the FAILED manifest)."""
     if name == BATCH:
-        return batch_event_id(value["file_id"], value["batch_index"])
+        return batch_event_id(value["file_id"], value["first_record"], value["record_count"])
     return manifest_event_id(value["file_id"], value["phase"])
 
 
@@ -943,10 +948,13 @@ def iter_events(
     batch_size: int = 1000,
     assembly: str | None = None,
     progress: Callable[[int], object] | None = None,
+    max_batch_bytes: int | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """("org.gdx.FileManifest", START), ("org.gdx.VariantBatch", batch)..., ("org.gdx.FileManifest", END).
 
-    Streams in constant memory. `assembly` overrides the header's. `progress(n)` is called after
+    Streams in constant memory. A batch holds `batch_size` records, fewer where they would encode to
+    more than about `max_batch_bytes` (thousands of samples: each record carries every sample's
+    call), but at least one. `assembly` overrides the header's. `progress(n)` is called after
     each batch with the compressed bytes consumed since the previous call (tqdm's `update`; the
     total is the file size). On bad input raises VcfError, possibly after some batches: END is then
     never yielded, and the error's `failed_manifest` is the FAILED manifest to send.
@@ -965,23 +973,15 @@ def iter_events(
         batch_index = 0
         records_sent = 0
         reported = 0
-        batch: list[dict[str, Any]] = []
         try:
-            for record in vf.records():
-                batch.append(record)
-                if len(batch) >= batch_size:
-                    yield BATCH, _batch(vf, center, dataset, chosen, batch_index, records_sent, batch)
-                    batch_index += 1
-                    records_sent += len(batch)
-                    batch = []
-                    if progress is not None:
-                        done = vf.bytes_read
-                        progress(done - reported)
-                        reported = done
-            if batch:
+            for batch in _grouped(vf.records(), batch_size, max_batch_bytes or 0):
                 yield BATCH, _batch(vf, center, dataset, chosen, batch_index, records_sent, batch)
                 batch_index += 1
                 records_sent += len(batch)
+                if progress is not None:
+                    done = vf.bytes_read
+                    progress(done - reported)
+                    reported = done
         except VcfError as exc:
             exc.record_count, exc.batch_count = records_sent, batch_index
             exc.failed_manifest = failed_manifest(start, exc.reason, record_count=records_sent,
@@ -990,6 +990,34 @@ def iter_events(
         if progress is not None and vf.size > reported:
             progress(vf.size - reported)
         yield MANIFEST, {**start, "phase": "END", "record_count": records_sent, "batch_count": batch_index}
+
+
+def _grouped(records: Iterator[dict[str, Any]], batch_size: int, byte_cap: int) -> Iterator[list[dict[str, Any]]]:
+    """Records in lists of batch_size, cut earlier where the next would pass byte_cap (0: no cap)."""
+    batch: list[dict[str, Any]] = []
+    batch_bytes = 0
+    for record in records:
+        if byte_cap:
+            size = record_bytes(record)
+            if batch and batch_bytes + size > byte_cap:
+                yield batch
+                batch, batch_bytes = [], 0
+            batch_bytes += size
+        batch.append(record)
+        if len(batch) >= batch_size:
+            yield batch
+            batch, batch_bytes = [], 0
+    if batch:
+        yield batch
+
+
+def record_bytes(record: dict[str, Any]) -> int:
+    """An upper estimate of a VariantRecord's Avro size: its byte arrays and texts plus fixed fields."""
+    other = record["info"]["other"]
+    return (256 + len(record["gt"]) + len(record["phased"]) + len(record["dp"] or b"") + len(record["gq"] or b"")
+            + len(record["ad"] or b"") + len(record["ref"]) + sum(map(len, record["alts"]))
+            + sum(map(len, record["ids"])) + sum(map(len, record["filters"]))
+            + sum(map(len, other)) + sum(map(len, other.values())) + 10 * len(other))
 
 
 def _batch(vf: VariantFile, center: str, dataset: str, assembly: str, index: int, first: int,

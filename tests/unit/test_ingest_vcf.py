@@ -18,6 +18,7 @@ from gdx.ingest.vcf import (
     BATCH,
     MANIFEST,
     MISSING_INT,
+    batch_event_id,
     event_id,
     guess_assembly,
     iter_events,
@@ -192,12 +193,34 @@ def test_manifests_frame_the_batches_and_count_what_pysam_counts(shared_data: Pa
         {k: v for k, v in start.items() if k not in ("phase", "record_count", "batch_count")}
 
 
-def test_event_ids_are_stable_across_runs_and_distinct(shared_data: Path) -> None:
+def test_event_ids_are_stable_across_runs_and_distinct(shared_data: Path, tmp_path: Path) -> None:
     path = shared_data / TRIO
     first = [event_id(name, value) for name, value in events(path, batch_size=200)]
     second = [event_id(name, value) for name, value in events(path, batch_size=200)]
     assert first == second
     assert len(set(first)) == len(first) == 6
+    # the ids come from the file's checksum and the record range: another name, same ids ...
+    renamed = tmp_path / "renamed.vcf.gz"
+    shutil.copyfile(path, renamed)
+    assert [event_id(n, v) for n, v in events(renamed, batch_size=200)] == first
+    # ... other batch boundaries, other batch ids (the same manifests)
+    other = [event_id(name, value) for name, value in events(path, batch_size=250)]
+    assert (other[0], other[-1]) == (first[0], first[-1]) and not set(other[1:-1]) & set(first[1:-1])
+    assert batch_event_id("sha256:x", 0, 200) != batch_event_id("sha256:x", 0, 201)
+
+
+def test_batches_stay_under_the_byte_limit_with_thousands_of_samples(shared_data: Path) -> None:
+    path = shared_data / THOUSAND_GENOMES  # 2504 samples: about 7.5 kB of calls per record
+    catalog = SchemaCatalog.load(REPO / "schemas")
+    evs = events(path, batch_size=1000, max_batch_bytes=1_000_000)
+    batches = [value for name, value in evs if name == BATCH]
+    sizes = [len(catalog.encode(BATCH, b)) for b in batches]
+    assert max(sizes) <= 1_000_000 and len(batches) > 1042 * 7_500 // 1_000_000
+    assert [b["first_record"] for b in batches] == [sum(x["record_count"] for x in batches[:i])
+                                                    for i in range(len(batches))]
+    assert evs[-1][1]["record_count"] == sum(b["record_count"] for b in batches) == 1042
+    # one record larger than the limit still goes, alone (the producer then refuses it by size)
+    assert {b["record_count"] for b in (v for n, v in events(path, max_batch_bytes=10) if n == BATCH)} == {1}
 
 
 def test_every_event_encodes_with_the_avro_schemas(shared_data: Path) -> None:
