@@ -1,9 +1,11 @@
 """publish wiring: the Beacon v2 API (aiohttp) over the index workers' query API, /metrics and
-/health, and every answer's access audit on gdx.audit.events.v1."""
+/health, every answer's access audit on gdx.audit.events.v1, and the subscriber feed worker
+(gdx.publish.feeds) beside it in the same process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -178,17 +180,38 @@ class PublishServer:
             self.health.stop()
 
 
-async def serve(settings: PublishSettings) -> None:
+async def serve(settings: PublishSettings) -> int:
+    """The Beacon API and, unless GDX_PUBLISH_FEEDS=false, the subscriber feed worker in a thread; the
+    process ends (with the worker's exit code) when the worker gives up, for its supervisor to restart it."""
+    import threading
+
+    feeds: Any = None
+    if settings.feeds:
+        from gdx.publish.feeds import build_feeds
+
+        feeds = build_feeds(settings)
     server = PublishServer(settings)
     await server.start()
+    codes: list[int] = []
+    worker = threading.Thread(target=lambda: codes.append(feeds.run()), name="feeds", daemon=True)
+    if feeds is not None:
+        worker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        while not stop.is_set() and (feeds is None or worker.is_alive()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
     finally:
+        if feeds is not None:
+            feeds.stop()
+            await asyncio.to_thread(worker.join, 60)
         await server.stop()
+    if codes and codes[0]:
+        log.error("feed worker stopped", extra={"code": codes[0]})
+    return codes[0] if codes else 0
 
 
 def _config(settings: PublishSettings) -> Any:
@@ -200,5 +223,4 @@ def _config(settings: PublishSettings) -> Any:
 def main() -> int:
     settings = PublishSettings.from_env()
     setup_logging(SERVICE, settings.log_level)
-    asyncio.run(serve(settings))
-    return 0
+    return asyncio.run(serve(settings))

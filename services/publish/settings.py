@@ -47,6 +47,13 @@ class PublishSettings(ServiceSettings):
     metrics_port: int = dataclasses.field(default=9105, metadata={"doc": "port of /metrics and /health (0: any free port)"})
     index_urls: tuple[str, ...] = dataclasses.field(
         default=("http://127.0.0.1:5060",), metadata={"doc": "comma list of index query API base URLs"})
+    feeds: bool = dataclasses.field(
+        default=True, metadata={"doc": "run the subscriber feed worker inside `gdx serve publish`"})
+    subscriptions_file: Path | None = dataclasses.field(
+        default=None, metadata={"doc": "JSON file of feed subscriptions, edited by `gdx subscribe` and re-read "
+                                       "when it changes (default <run dir>/publish/subscriptions.json)"})
+    feeds_metrics_port: int = dataclasses.field(
+        default=9106, metadata={"doc": "port of the feed worker's /metrics and /health (0: any free port)"})
 
     def validate(self) -> None:
         super().validate()
@@ -55,7 +62,7 @@ class PublishSettings(ServiceSettings):
         if not self.base_path.startswith("/") or (len(self.base_path) > 1 and self.base_path.endswith("/")):
             raise SettingsError(f"{name(fields['base_path'])}: must start with '/' and not end with '/', "
                                 f"got {self.base_path!r}")
-        for port_field in ("api_port", "metrics_port"):
+        for port_field in ("api_port", "metrics_port", "feeds_metrics_port"):
             if not 0 <= getattr(self, port_field) <= 65535:
                 raise SettingsError(f"{name(fields[port_field])}: not a TCP port: {getattr(self, port_field)}")
         for non_negative in ("min_cell_size", "count_rounding", "budget_queries", "token_leeway_seconds"):
