@@ -51,15 +51,23 @@ class DropBox:
         return now - seen[1] >= self.settings.settle_seconds
 
     def scan(self) -> int:
+        """Ingest every settled file once; returns how many were moved to done/ or rejected/."""
         done = 0
         files = self.candidates()
         self.pending = len(files)
         for path, center, dataset in files:
-            if not self.settled(path):
+            try:
+                if not self.settled(path):
+                    continue
+                result = self.ingest(path, center, dataset)
+                self._sizes.pop(path, None)
+                self.move(path, result)
+            except Exception:  # noqa: BLE001 - one file (gone, unreadable, broker away) must not stop the box
+                # left in place: it is tried again once it has settled anew (a broker back, a file fixed)
+                self._sizes.pop(path, None)
+                log.exception("could not ingest a drop-box file; it stays in the inbox and is tried again",
+                              extra={"center": center, "dataset": dataset})
                 continue
-            result = self.ingest(path, center, dataset)
-            self._sizes.pop(path, None)
-            self.move(path, result)
             done += 1
         return done
 
@@ -105,32 +113,47 @@ class DropBox:
                  extra={"file_id": result.file_id, "records": result.records, "ok": result.ok})
 
 
+class DropBoxService:
+    """The ingest service: scans the drop box every scan_interval_s until `stop()`, with /health and /metrics."""
+
+    def __init__(self, settings: IngestSettings, metrics: Metrics | None = None):
+        self.settings = settings
+        self.metrics = metrics or Metrics(SERVICE)
+        self.producer = IngestProducer(settings, self.metrics, client="dropbox")
+        self.box = DropBox(settings, self.producer)
+        self.health_server: HealthServer | None = None
+        self._stop = threading.Event()
+        self._last_scan = time.monotonic()
+
+    def health(self) -> dict[str, Any]:
+        ok = time.monotonic() - self._last_scan < max(120.0, 10 * self.settings.scan_interval_s)
+        return {"status": "ok" if ok else "unhealthy", "service": SERVICE, "inbox": str(self.box.inbox),
+                "pending": self.box.pending}
+
+    def run(self) -> int:
+        self.health_server = HealthServer(self.metrics, self.settings.metrics_host, self.settings.port(SERVICE),
+                                          self.health).start()
+        self.metrics.up.labels(SERVICE).set(1)
+        log.info("watching drop box", extra={"inbox": str(self.box.inbox)})
+        try:
+            while not self._stop.is_set():
+                self.box.scan()
+                self._last_scan = time.monotonic()
+                self._stop.wait(self.settings.scan_interval_s)
+        finally:
+            self.metrics.up.labels(SERVICE).set(0)
+            self.producer.close()
+            self.health_server.stop()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def main() -> int:
     settings = IngestSettings.from_env()
     setup_logging(SERVICE, settings.log_level)
-    metrics = Metrics(SERVICE)
-    producer = IngestProducer(settings, metrics, client="dropbox")
-    box = DropBox(settings, producer)
-    stop = threading.Event()
-    state: dict[str, Any] = {"last_scan": time.monotonic()}
-
-    def health() -> dict[str, Any]:
-        ok = time.monotonic() - state["last_scan"] < 120
-        return {"status": "ok" if ok else "unhealthy", "service": SERVICE, "inbox": str(box.inbox),
-                "pending": box.pending}
-
-    server = HealthServer(metrics, settings.metrics_host, settings.port(SERVICE), health).start()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    metrics.up.labels(SERVICE).set(1)
-    log.info("watching drop box", extra={"inbox": str(box.inbox)})
-    try:
-        while not stop.is_set():
-            box.scan()
-            state["last_scan"] = time.monotonic()
-            stop.wait(settings.scan_interval_s)
-    finally:
-        metrics.up.labels(SERVICE).set(0)
-        producer.close()
-        server.stop()
-    return 0
+    service = DropBoxService(settings)
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    signal.signal(signal.SIGINT, lambda *_: service.stop())
+    return service.run()

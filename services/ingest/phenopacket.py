@@ -58,6 +58,8 @@ class PhenopacketError(PermanentError):
     since both can identify a participant (HG00096.json, a date of birth that failed to parse).
     """
 
+    reason_code = "invalid-phenopacket"
+
     def __init__(self, source: str, reason: str, detail: str | None = None):
         super().__init__(reason)
         self.source = source
