@@ -164,6 +164,7 @@ class Runner:
                 if time.monotonic() - last_lag > 5:
                     self._update_lag()
                     last_lag = time.monotonic()
+            self._handover()
         except _TransientExit as exc:
             log.error("giving up after transient errors; exiting for a restart", extra={"error": str(exc)})
             code = EXIT_TRANSIENT
@@ -320,11 +321,24 @@ class Runner:
 
         if not offsets:
             return
+        # a handler may describe its state at this commit (consent_gate: for the next owner of a partition)
+        describe = getattr(self.handler, "commit_metadata", None)
+        metadata = describe() if describe else ""
         try:
-            self.consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+            self.consumer.commit({tp: OffsetAndMetadata(o, metadata, -1) for tp, o in offsets.items()})
         except KafkaError as exc:
             # a rebalance took the partition away: the new owner reprocesses from the last commit
             log.warning("offset commit failed; events will be reprocessed", extra={"error": str(exc)})
+
+    def _handover(self) -> None:
+        """On a clean stop or a revoke (everything polled is processed and flushed): commit the
+        positions with the handler's state description, for a handler that gives one."""
+        if not self._assigned or not getattr(self.handler, "commit_metadata", None):
+            return
+        try:
+            self._commit({tp: self.consumer.position(tp) for tp in self._assigned})
+        except Exception as exc:  # noqa: BLE001 - the next owner copes with an older commit
+            log.warning("hand-over commit failed", extra={"error": str(exc)})
 
     def _update_lag(self) -> None:
         if not self._assigned:
@@ -348,6 +362,8 @@ class _Listener(ConsumerRebalanceListener):
         self.runner = runner
 
     def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.runner._running:
+            self.runner._handover()
         self.runner._assigned -= set(revoked)
         hook = getattr(self.runner.handler, "on_revoke", None)
         if hook:

@@ -1,9 +1,16 @@
 """consent_gate wiring: the runner takes pseudonymized data in consumer group gdx.consent_gate; every
 worker also reads ALL of gdx.pseudo.consent.v1 itself (positions kept in its state), so each worker
-knows every participant's consent whatever data partitions it owns."""
+knows every participant's consent whatever data partitions it owns.
+
+Partitions moving between workers: each offset commit carries, as its metadata, the worker's id and
+the consent positions it had applied. A worker given a partition reads the retained data topic from
+where its own record of the partition ends up to the committed offset (so it knows whose data is
+held there), and replays the data of participants whose consent came in force after the previous
+owner's recorded positions (see ConsentGateHandler.complete_handoffs)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -12,7 +19,7 @@ from typing import Any
 from gdx.common.avro import SchemaCatalog
 from gdx.common.envelope import Envelope
 from gdx.common.errors import TransientError
-from gdx.common.kafka import make_consumer
+from gdx.common.kafka import make_admin, make_consumer
 from gdx.common.logs import setup_logging
 from gdx.common.metrics import Metrics
 from gdx.common.runner import Event, Output, Runner
@@ -37,8 +44,8 @@ log = logging.getLogger(__name__)
 
 
 class ConsentReader:
-    """Reads every partition of the consent topic from the stored positions, and fetches single
-    events by offset for replays."""
+    """Reads every partition of the consent topic from the stored positions, fetches single events by
+    offset for replays, and scans data partitions for the refs they hold."""
 
     def __init__(self, settings: ConsentGateSettings, topics: TopicCatalog, schemas: SchemaCatalog, store: GateStore):
         self.settings = settings
@@ -58,19 +65,25 @@ class ConsentReader:
             else:
                 self.consumer.seek(tp, pos)
         self.fetcher = make_consumer(settings, None, f"gdx.{SERVICE}.replay", max_poll_records=1)
+        self.scanner: Any = None
 
     def lag(self) -> int:
         ends = self.consumer.end_offsets(self.tps)
         return sum(max(0, end - self.consumer.position(tp)) for tp, end in ends.items())
 
-    def poll(self) -> list[tuple[dict[str, Any], int]]:
+    def poll(self) -> list[tuple[dict[str, Any], int, tuple[int, int]]]:
+        """Consent events read since the last poll, each with its (partition, offset). Positions are
+        saved by whoever applies them (`save_positions`)."""
         out = []
         for tp, recs in self.consumer.poll(timeout_ms=0).items():
             for rec in recs:
                 _, value = self.schemas.decode(rec.value)
-                out.append((value, Envelope.from_headers(rec.headers).created_ms))
-                self.store.set_position(self.topic, tp.partition, rec.offset + 1)
+                out.append((value, Envelope.from_headers(rec.headers).created_ms, (tp.partition, rec.offset)))
         return out
+
+    def save_positions(self, items: list[tuple[dict[str, Any], int, tuple[int, int]]]) -> None:
+        for _, _, (partition, offset) in items:
+            self.store.set_position(self.topic, partition, offset + 1)
 
     def fetch(self, topic: str, partition: int, offset: int) -> tuple[str, dict[str, Any]]:
         tp = TopicPartition(self.topics.name(topic), partition)
@@ -83,30 +96,104 @@ class ConsentReader:
                         return self.schemas.decode(rec.value)
         raise TransientError(f"could not fetch {topic}/{partition}/{offset} for a replay")
 
+    def scan(self, topic: str, partition: int, start: int, end: int) -> Iterable[tuple[int, str, dict[str, Any]]]:
+        """Every event of a data partition in [start, end): (offset, schema, value)."""
+        if self.scanner is None:
+            self.scanner = make_consumer(self.settings, None, f"gdx.{SERVICE}.scan", max_poll_records=500)
+        tp = TopicPartition(self.topics.name(topic), partition)
+        self.scanner.assign([tp])
+        start = max(start, self.scanner.beginning_offsets([tp])[tp])
+        if start >= end:
+            return
+        self.scanner.seek(tp, start)
+        idle = 0
+        while self.scanner.position(tp) < end:
+            polled = self.scanner.poll(timeout_ms=500).get(tp, [])
+            idle = 0 if polled else idle + 1
+            if idle > 60:
+                raise TransientError(f"could not read {topic}/{partition} up to {end} for a hand-over")
+            for rec in polled:
+                if rec.offset >= end:
+                    return
+                try:
+                    schema, value = self.schemas.decode(rec.value)
+                except Exception:  # noqa: BLE001 - the runner dead-lettered it when it was processed
+                    continue
+                yield rec.offset, schema, value
+
     def close(self) -> None:
         self.consumer.close(autocommit=False)
         self.fetcher.close(autocommit=False)
+        if self.scanner is not None:
+            self.scanner.close(autocommit=False)
 
 
 class ConsentGateApp:
-    """The handler the runner drives: data events via handle(), consent events via tick()."""
+    """The handler the runner drives: data events via handle(), consent events and hand-overs via
+    tick(), partition moves via on_assign()/on_revoke(), commit metadata via commit_metadata()."""
 
-    def __init__(self, handler: ConsentGateHandler, reader: ConsentReader):
+    def __init__(self, handler: ConsentGateHandler, reader: ConsentReader, settings: ConsentGateSettings | None = None):
         self.handler = handler
         self.reader = reader
+        self.settings = settings
         self.pending = 0  # consent events not yet applied (read by the health endpoint)
         self._lag_checked = 0.0
+        self._unapplied: list[tuple[dict[str, Any], int, tuple[int, int]]] = []
+        self.handler.owned = set()
 
     def handle(self, event: Event) -> Iterable[Output]:
         return self.handler.handle(event)
 
     def tick(self) -> Iterable[Output]:
-        items = self.reader.poll()
-        outputs = self.handler.apply_consents(items) if items else []
+        outputs = self.handler.complete_handoffs() if self.handler.store.handoffs() else []
+        # events read but not applied (a replay's fetch failed and the runner retries) are kept
+        items = self._unapplied = self._unapplied or self.reader.poll()
+        if items:
+            outputs += self.handler.apply_consents(list(items))
+            self.reader.save_positions(items)
+            self._unapplied = []
         if items or time.monotonic() - self._lag_checked > 1.0:
             self.pending = self.reader.lag()
             self._lag_checked = time.monotonic()
         return outputs
+
+    def commit_metadata(self) -> str:
+        """Stored with each offset commit: who processed the partition, with consent applied up to where."""
+        positions = self.handler.store.positions(self.reader.topic)
+        return json.dumps({"w": self.handler.store.worker_id, "c": positions}, separators=(",", ":"))
+
+    def on_assign(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.handler.owned.add((self.reader.topics.logical(tp.topic), tp.partition))  # type: ignore[union-attr]
+        if self.settings is None:
+            return
+        group = f"{self.settings.topic_prefix}gdx.{SERVICE}"
+        admin = make_admin(self.settings, f"gdx.{SERVICE}.assign")
+        try:
+            committed = admin.list_group_offsets({group: list(tps)}).get(group, {}) or {}
+        finally:
+            admin.close()
+        store = self.handler.store
+        for tp in tps:
+            logical = self.reader.topics.logical(tp.topic)
+            got = committed.get(tp)
+            upto = got.offset if got is not None and got.offset >= 0 else 0
+            start = store.ref_position(logical, tp.partition)
+            for offset, schema, value in self.reader.scan(logical, tp.partition, start, upto):
+                self.handler.record_refs(logical, tp.partition, offset, schema, value)
+            store.set_ref_position(logical, tp.partition, upto)
+            previous = _metadata(got.metadata if got is not None else "")
+            if upto > 0 and previous.get("w") != store.worker_id:
+                since = previous.get("c")
+                store.add_handoff(logical, tp.partition, upto,
+                                  {int(k): int(v) for k, v in since.items()} if isinstance(since, dict) else None)
+                log.info("took over a partition", extra={"topic": logical, "partition": tp.partition,
+                                                          "upto": upto, "scanned_from": start})
+        store.commit()
+
+    def on_revoke(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.handler.owned.discard((self.reader.topics.logical(tp.topic), tp.partition))  # type: ignore[union-attr]
 
     def commit(self) -> None:
         self.handler.commit()
@@ -116,6 +203,14 @@ class ConsentGateApp:
         self.handler.close()
 
 
+def _metadata(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def build(settings: ConsentGateSettings, metrics: Metrics | None = None) -> Runner:
     metrics = metrics or Metrics(SERVICE)
     store = GateStore(settings.state_dir(SERVICE) / "gate.sqlite")
@@ -123,7 +218,7 @@ def build(settings: ConsentGateSettings, metrics: Metrics | None = None) -> Runn
     schemas = SchemaCatalog.load(settings.schema_dir)
     reader = ConsentReader(settings, topics, schemas, store)
     handler = ConsentGateHandler(store, reader.fetch, metrics)
-    return Runner(SERVICE, settings, ConsentGateApp(handler, reader), [PSEUDO_VARIANTS, PSEUDO_CLINICAL],
+    return Runner(SERVICE, settings, ConsentGateApp(handler, reader, settings), [PSEUDO_VARIANTS, PSEUDO_CLINICAL],
                   [PSEUDO_CONSENT, RELEASED_VARIANTS, RELEASED_CLINICAL, RETRACTIONS, AUDIT, REVIEW], metrics=metrics)
 
 

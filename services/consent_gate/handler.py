@@ -30,13 +30,18 @@ Fetch = Callable[[str, int, int], tuple[str, dict[str, Any]]]
 
 
 class ConsentGateHandler:
+    """`owned`: the (topic, partition)s of data this worker owns now; replays only read those (None: all).
+    The owner of a partition is the one worker that releases its held data when consent arrives."""
+
     def __init__(self, store: GateStore, fetch: Fetch | None = None, metrics: Metrics | None = None):
         self.store = store
         self.fetch = fetch
         self.metrics = metrics or Metrics(SERVICE)
+        self.owned: set[tuple[str, int]] | None = None
 
     # -- data ------------------------------------------------------------------------------
     def handle(self, event: Event) -> Iterable[Output]:
+        self.store.advance_ref_position(event.topic, event.partition, event.offset)
         if event.schema == "org.gdx.PseudoVariantBatch":
             return self._variant_batch(event.value, (event.topic, event.partition, event.offset))
         if event.schema == "org.gdx.PseudoFileManifest":
@@ -117,25 +122,30 @@ class ConsentGateHandler:
         return out
 
     # -- consent ---------------------------------------------------------------------------
-    def apply_consent(self, value: dict[str, Any], created_ms: int = 0) -> list[Output]:
-        return self.apply_consents([(value, created_ms)])
+    def apply_consent(self, value: dict[str, Any], created_ms: int = 0,
+                      source: tuple[int, int] | None = None) -> list[Output]:
+        return self.apply_consents([(value, created_ms, source)])
 
-    def apply_consents(self, items: list[tuple[dict[str, Any], int]]) -> list[Output]:
-        """Apply consent events in order; data waiting for the newly consented is released together,
-        one fetch and one release per stored event, however many participants it concerns."""
+    def apply_consents(self, items: list[tuple[dict[str, Any], int, tuple[int, int] | None]]) -> list[Output]:
+        """Apply consent events in order (each with when it entered gdx and its (partition, offset) on the
+        consent topic); data waiting for the newly consented is released together, one fetch and one
+        release per stored event, however many participants it concerns. Every consent is audited:
+        applied (consent-granted, consent-revoked) or ignored as older than the one in force."""
         outputs: list[Output] = []
         replay: dict[tuple[str, str], ConsentState] = {}
-        for value, created_ms in items:
+        for value, created_ms, source in items:
             new = ConsentState(value["dataset"], value["participant"], value["status"], tuple(value["duo"]),
                                value["consent_time"], value["consent_id"])
             old = self.store.consent(new.dataset, new.participant)
-            if not self.store.put_consent(new):
-                log.info("older consent ignored", extra={"dataset": new.dataset, "consent_id": new.consent_id})
+            if not self.store.put_consent(new, source):
+                outputs += self._ignored(new, old)
                 continue
             old_dec, new_dec = release_decision(old), release_decision(new)
             was = old_dec.decision is Decision.APPROVE
             now = new_dec.decision is Decision.APPROVE
             terms_changed = old is not None and old.duo != new.duo
+            outputs += self._audit(new.dataset, new.participant, f"consent/{new.consent_id}", new, new_dec, 0,
+                                   action="consent-" + new.status.lower())
             if was and old is not None and (not now or terms_changed):
                 outputs += self._retract(old, new, created_ms)
             key = (new.dataset, new.participant)
@@ -143,17 +153,26 @@ class ConsentGateHandler:
                 replay[key] = new
             else:
                 replay.pop(key, None)
-            if not now:
-                outputs += self._audit(new.dataset, new.participant, f"consent/{new.consent_id}", new, new_dec, 0,
-                                       action="consent-" + new.status.lower())
         if replay:
             outputs += self._replay(list(replay.values()))
         self.metrics.held_items.labels(SERVICE).set(self.store.held_count())
         return outputs
 
+    def _ignored(self, new: ConsentState, current: ConsentState | None) -> list[Output]:
+        log.info("older consent ignored", extra={"dataset": new.dataset, "consent_id": new.consent_id})
+        assert current is not None  # put_consent refuses only when a consent is in force
+        decision = GateDecision(release_decision(current).decision, "newest-consent-wins",
+                                f"consent of {new.consent_time} is not newer than the one in force"
+                                f" ({current.consent_id}, {current.consent_time}): ignored")
+        return self._audit(new.dataset, new.participant, f"consent/{new.consent_id}", new, decision, 0,
+                           action="consent-ignored")
+
     def _retract(self, old: ConsentState, new: ConsentState, created_ms: int) -> list[Output]:
+        """Void what was released under `old`. The retraction's consent_time voids every release under a
+        consent no newer than `old`, whichever worker released it; `items` lists this worker's releases.
+        Every worker that saw `old` in force retracts, so a release by a worker that is gone is covered."""
         items = self.store.released_items(old.dataset, old.participant)
-        retraction_id = stable_id(SERVICE, "retraction", old.dataset, old.participant, new.consent_id)
+        retraction_id = stable_id(SERVICE, "retraction", old.dataset, old.participant, new.consent_id, *items)
         value = {"dataset": old.dataset, "participant": old.participant, "retraction_id": retraction_id,
                  # everything released under consents up to the old one is void
                  "consent_time": old.consent_time, "consent_version": new.consent_id,
@@ -166,13 +185,18 @@ class ConsentGateHandler:
                                                              new, decision, len(items), action="retract")
 
     def _replay(self, states: list[ConsentState]) -> list[Output]:
-        """Release everything already received for these participants (late consent, re-consent)."""
-        if self.fetch is None:
-            return []
+        """Release everything already received for these participants (late consent, re-consent) from
+        the data partitions this worker owns."""
         by_ref: dict[tuple[str, int, int], set[str]] = {}
         for state in states:
-            for ref in self.store.refs(state.dataset, state.participant):
-                by_ref.setdefault(tuple(ref), set()).add(state.participant)  # type: ignore[arg-type]
+            for topic, partition, offset in self.store.refs(state.dataset, state.participant):
+                if self.owned is None or (topic, partition) in self.owned:
+                    by_ref.setdefault((topic, partition, offset), set()).add(state.participant)
+        return self._release_refs(by_ref)
+
+    def _release_refs(self, by_ref: dict[tuple[str, int, int], set[str]]) -> list[Output]:
+        if self.fetch is None:
+            return []
         outputs: list[Output] = []
         for (topic, partition, offset), participants in sorted(by_ref.items()):
             schema, value = self.fetch(topic, partition, offset)
@@ -180,6 +204,28 @@ class ConsentGateHandler:
                 outputs += self._variant_batch(value, (topic, partition, offset), only=participants)
             elif schema == "org.gdx.PseudoClinicalRecord":
                 outputs += self._clinical(value, (topic, partition, offset), replay=True)
+        return outputs
+
+    # -- partitions moving between workers -------------------------------------------------
+    def record_refs(self, topic: str, partition: int, offset: int, schema: str, value: dict[str, Any]) -> None:
+        """Note where a participant's data sits, from an event read back from a retained data topic."""
+        if schema == "org.gdx.PseudoVariantBatch":
+            self.store.add_refs((value["dataset"], s, topic, partition, offset) for s in value["samples"])
+        elif schema == "org.gdx.PseudoClinicalRecord":
+            self.store.add_refs([(value["dataset"], value["participant"], topic, partition, offset)])
+
+    def complete_handoffs(self) -> list[Output]:
+        """Catch up on partitions taken over from another worker: data below the hand-over offset of
+        participants whose consent came in force after the previous owner's last recorded consent
+        positions may never have been replayed, so release it now (a release already made there is
+        made again with the same terms; index and publish count a participant once)."""
+        outputs: list[Output] = []
+        for topic, partition, upto, since in self.store.handoffs():
+            states = self.store.consents_applied_since(since or {})
+            wanted = {(s.dataset, s.participant) for s in states if release_decision(s).decision is Decision.APPROVE}
+            if wanted:
+                outputs += self._release_refs(self.store.refs_below(topic, partition, upto, wanted))
+            self.store.done_handoff(topic, partition)
         return outputs
 
     def commit(self) -> None:
