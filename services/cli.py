@@ -13,6 +13,7 @@ from typing import Any
 
 from gdx.common.errors import GdxError
 from gdx.common.settings import Settings, SettingsError
+from kafka.errors import KafkaError
 
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {}
 
@@ -38,6 +39,7 @@ def topics(sub: argparse._SubParsersAction) -> None:
 def _topics(args: argparse.Namespace) -> int:
     from gdx.common.kafka import apply_topics
     from gdx.common.topics import TopicCatalog
+    from kafka.errors import KafkaError
 
     settings = Settings.from_env()
     catalog = TopicCatalog.load(settings.schema_dir, settings.topic_prefix)
@@ -46,20 +48,110 @@ def _topics(args: argparse.Namespace) -> int:
             print(f"{catalog.prefix}{spec.name}\t{spec.stage}\t{spec.partitions}\t{spec.cleanup_policy}\t"
                   f"{','.join(spec.values)}")
         return 0
-    from gdx.common.kafka import client_config  # noqa: F401 - fail early on bad security settings
-
-    raw_retention = _raw_retention()
-    changes = apply_topics(settings, catalog, extra=[catalog.feed(s) for s in args.feed], raw_retention_ms=raw_retention)
+    # raw topics get GDX_RAW_RETENTION_MS (settings.raw_retention_ms), whatever the catalog says
+    try:
+        changes = apply_topics(settings, catalog, extra=[catalog.feed(s) for s in args.feed])
+    except (KafkaError, ValueError) as exc:
+        if settings.kafka_security != "sasl_ssl":
+            raise
+        raise CommandError(f"{exc} (on a secured broker topics, users and ACLs are managed as the admin principal, "
+                           f"not {settings.kafka_username!r})") from None
     for change in changes:
         print(f"{change.action:10s} {change.topic}")
+    if settings.kafka_security == "sasl_ssl":
+        _apply_acls(settings, catalog, args.feed)
     return 0
 
 
-def _raw_retention() -> int | None:
-    import os
+def _apply_acls(settings: Settings, catalog: Any, feeds: list[str]) -> None:
+    """Secured broker: SCRAM users for new subscribers, then exactly the catalog's ACLs (needs the admin user)."""
+    from gdx.common.acl import apply_acls, feed_subscribers, subscriber_principal
+    from gdx.common.credentials import new_password, write_secret
+    from gdx.common.kafka import make_admin, upsert_scram_users
+    from kafka.errors import (
+        ClusterAuthorizationFailedError,
+        SecurityDisabledError,
+        TopicAuthorizationFailedError,
+    )
 
-    value = os.environ.get("GDX_RAW_RETENTION_MS")
-    return int(value) if value else None
+    admin = make_admin(settings, "gdx-topics")
+    try:
+        subscribers = sorted(set(feeds) | set(feed_subscribers(catalog, admin.list_topics())))
+        have = set(admin.describe_user_scram_credentials() or {})
+        missing = [subscriber_principal(s) for s in subscribers if subscriber_principal(s) not in have]
+        if missing:
+            folder = _credentials_dir(settings)
+            passwords = {}
+            for principal in missing:
+                path = folder / f"{principal}.password"
+                if not path.is_file():  # an operator may have put the subscriber's password there already
+                    write_secret(path, new_password() + "\n")
+                passwords[principal] = path.read_text().strip()
+            upsert_scram_users(admin, passwords)
+            for principal in missing:
+                print(f"{'user':10s} {principal} (password in {folder / (principal + '.password')})")
+        result = apply_acls(admin, catalog, subscribers)
+    except (ClusterAuthorizationFailedError, TopicAuthorizationFailedError) as exc:
+        raise CommandError(f"the broker refused ({exc.__class__.__name__}): ACLs and users are managed as the "
+                           f"admin principal, not {settings.kafka_username!r}") from None
+    except SecurityDisabledError:
+        raise CommandError("GDX_KAFKA_SECURITY=sasl_ssl but the broker has no authorizer") from None
+    finally:
+        admin.close()
+    print(f"{'acls':10s} {len(result.created)} added, {len(result.deleted)} removed, {result.unchanged} unchanged "
+          f"({len(subscribers)} subscriber feeds)")
+
+
+def _credentials_dir(settings: Settings) -> Any:
+    if settings.kafka_credentials_dir is not None:
+        return settings.kafka_credentials_dir
+    if settings.kafka_password_file is not None:
+        return settings.kafka_password_file.parent
+    raise CommandError("set GDX_KAFKA_CREDENTIALS_DIR: where new users' password files go")
+
+
+@command
+def credentials(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("credentials", help="secured broker: list SCRAM users, or rotate one's password (admin only)")
+    p.add_argument("action", choices=["list", "rotate"])
+    p.add_argument("principal", nargs="?", help="with rotate: the user (a service, cli, subscriber-<name>, admin)")
+    p.add_argument("--password-file", type=_path, default=None,
+                   help="with rotate: file receiving the new password (default <credentials dir>/<principal>.password)")
+    p.set_defaults(run=_credentials)
+
+
+def _path(value: str) -> Any:
+    from pathlib import Path
+
+    return Path(value).expanduser()
+
+
+def _credentials(args: argparse.Namespace) -> int:
+    from gdx.common.credentials import new_password, write_secret
+    from gdx.common.kafka import make_admin, upsert_scram_users
+
+    settings = Settings.from_env()
+    if settings.kafka_security != "sasl_ssl":
+        raise CommandError("the broker is not secured (GDX_KAFKA_SECURITY=plaintext): there are no users")
+    admin = make_admin(settings, "gdx-credentials")
+    try:
+        if args.action == "list":
+            for user, info in sorted((admin.describe_user_scram_credentials() or {}).items()):
+                mechs = ",".join(f"{c['mechanism'].name.replace('_', '-')}({c['iterations']})"
+                                 for c in (info or {}).get("credential_infos") or [])
+                print(f"{user}\t{mechs}")
+            return 0
+        if not args.principal:
+            raise CommandError("rotate needs the principal whose password changes")
+        path = args.password_file or _credentials_dir(settings) / f"{args.principal}.password"
+        password = new_password()
+        # the broker first: should it refuse, the old password (and file) stay valid
+        upsert_scram_users(admin, {args.principal: password})
+        write_secret(path, password + "\n")
+    finally:
+        admin.close()
+    print(f"rotated {args.principal}: new password in {path}; restart the processes that use it")
+    return 0
 
 
 @command
@@ -173,6 +265,9 @@ def _config(args: argparse.Namespace) -> int:
             continue
         classes += [c for c in vars(mod).values() if isinstance(c, type) and issubclass(c, Settings)
                     and c.__module__ == mod.__name__]
+    from gdx.ops_commands import StatusSettings  # gdx status / wait / trace
+
+    classes.append(StatusSettings)
     seen = set()
     if args.markdown:
         print("| variable | default | meaning |\n|---|---|---|")
@@ -207,6 +302,21 @@ def _load_plugins() -> None:
                 raise
 
 
+def _kafka_reason(exc: Exception) -> str:
+    """One line for a broker error; on a secured broker, who was refused."""
+    from kafka.errors import AuthorizationError, SaslAuthenticationFailedError
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, AuthorizationError | SaslAuthenticationFailedError):
+        try:
+            user = Settings.from_env().kafka_username or "ANONYMOUS"
+        except SettingsError:
+            user = "?"
+        verb = "refused the credentials of" if isinstance(exc, SaslAuthenticationFailedError) else "refused this to"
+        return f"the broker {verb} user {user!r}: {text}"
+    return f"Kafka: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -214,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except (GdxError, SettingsError, OSError, ValueError) as exc:
         print(f"gdx {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KafkaError as exc:
+        print(f"gdx {args.command}: {_kafka_reason(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"gdx {args.command}: interrupted", file=sys.stderr)

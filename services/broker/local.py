@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -105,6 +106,7 @@ class Node:
     port: int
     controller_port: int
     home: Path
+    internal_port: int = 0  # secured clusters: the SSL listener between brokers
 
     @property
     def pid_file(self) -> Path:
@@ -129,21 +131,29 @@ class KafkaCluster:
 
     def __init__(self, run_dir: Path, name: str = "local", nodes: int = 1, base_port: int = 9092,
                  version: str = DEFAULT_VERSION, heap_mb: int = 640, extra: dict[str, str] | None = None,
-                 security: object | None = None):
+                 security: object | None = None, secure: bool = False):
         self.home = run_dir / "kafka" / name
         self.version = version
         self.heap_mb = heap_mb
         self.extra = dict(extra or {})
+        if secure and security is None:
+            from gdx.broker.secure import SecureSetup
+
+            security = SecureSetup(self.home / "secrets")
         self.security = security  # gdx.broker.secure.SecureSetup, or None for plaintext
         ports_file = self.home / "ports"
+        ports: list[tuple[int, ...]]
         if ports_file.is_file():
             # keep the ports a cluster was first given, so a restart finds its quorum again
             ports = [tuple(map(int, line.split())) for line in ports_file.read_text().split("\n") if line.strip()]
         elif base_port == 0:
-            ports = [(free_port(), free_port()) for _ in range(nodes)]
+            ports = [(free_port(), free_port(), free_port()) for _ in range(nodes)]
         else:
-            ports = [(base_port + i, base_port + 1000 + i) for i in range(nodes)]
-        self.nodes = [Node(i + 1, p, c, self.home / f"node-{i + 1}") for i, (p, c) in enumerate(ports)]
+            ports = [(base_port + i, base_port + 1000 + i, base_port + 2000 + i) for i in range(nodes)]
+        self.nodes = [Node(i + 1, p[0], p[1], self.home / f"node-{i + 1}", p[2] if len(p) > 2 else 0)
+                      for i, p in enumerate(ports)]
+        if self.security is not None and any(n.internal_port == 0 for n in self.nodes):
+            raise BrokerError(f"cluster {name} was first made without security: destroy it or use another name")
         self._ports = ports
 
     @property
@@ -199,7 +209,7 @@ class KafkaCluster:
     def prepare(self) -> None:
         """Write configuration and format storage for every node (idempotent)."""
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "ports").write_text("\n".join(f"{p} {c}" for p, c in self._ports) + "\n")
+        (self.home / "ports").write_text("\n".join(" ".join(map(str, p)) for p in self._ports) + "\n")
         cid_file = self.home / "cluster-id"
         if not cid_file.is_file():
             cid_file.write_text(new_cluster_id())
@@ -207,7 +217,10 @@ class KafkaCluster:
         cp = self._classpath()
         for node in self.nodes:
             (node.home / "logs").mkdir(parents=True, exist_ok=True)
-            (node.home / "server.properties").write_text(self._properties(node))
+            properties = node.home / "server.properties"
+            properties.touch(mode=0o600)
+            os.chmod(properties, 0o600)  # a secured broker's keystore password is in it
+            properties.write_text(self._properties(node))
             log_conf = LOG4J2 if self.version.startswith("4.") else LOG4J1
             (node.home / "log4j.properties").write_text(log_conf.format(logs=node.home / "logs"))
             if (node.home / "data" / "meta.properties").is_file():
@@ -239,6 +252,8 @@ class KafkaCluster:
         for node in self.nodes:
             self.start_node(node)
         self.wait_ready(timeout)
+        if self.security is not None:
+            self.security.ensure_users(self.bootstrap)  # type: ignore[attr-defined]
         return self
 
     def wait_ready(self, timeout: float = 120.0) -> None:
@@ -322,18 +337,36 @@ def main(argv: list[str] | None = None) -> int:
     from gdx.common.settings import Settings
 
     parser = argparse.ArgumentParser(prog="python -m gdx.broker", description=__doc__)
-    parser.add_argument("action", choices=["resolve", "start", "stop", "kill", "status", "destroy"])
-    parser.add_argument("--name", default="local")
+    parser.add_argument("action", choices=["resolve", "start", "stop", "kill", "status", "destroy", "env"],
+                        help="env: print the GDX_KAFKA_* settings (paths, never a secret) that connect as --principal")
+    parser.add_argument("--name", default=None, help="cluster name (default: local, or secure with --secure)")
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--port", type=int, default=9092)
     parser.add_argument("--version", default=DEFAULT_VERSION)
     parser.add_argument("--timeout", type=float, default=120)
+    parser.add_argument("--secure", action="store_true",
+                        help="TLS + SASL/SCRAM listeners, standard authorizer, no plaintext port; certificates and "
+                             "passwords generated into <run>/kafka/<name>/secrets/")
+    parser.add_argument("--principal", default="admin", help="with env: the user to connect as")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.action == "resolve":
         print(resolve_jars(args.version, quiet=False))
         return 0
-    cluster = KafkaCluster(settings.run_dir, args.name, args.nodes, args.port, args.version)
+    name = args.name or ("secure" if args.secure else "local")
+    cluster = KafkaCluster(settings.run_dir, name, args.nodes, args.port, args.version, secure=args.secure)
+    if args.action == "env":
+        if cluster.security is None:
+            print(f"GDX_KAFKA_BOOTSTRAP={cluster.bootstrap}")
+            return 0
+        try:
+            creds = cluster.security.credentials(args.principal)  # type: ignore[attr-defined]
+        except FileNotFoundError as exc:
+            print(f"gdx.broker: {exc} (start the broker with --secure first)", file=sys.stderr)
+            return 1
+        for key, value in creds.env(cluster.bootstrap).items():
+            print(f"export {key}={shlex.quote(value)}")
+        return 0
     try:
         if args.action == "start":
             t0 = time.monotonic()

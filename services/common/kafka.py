@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gdx.common.avro import SchemaCatalog, WriterSchema
@@ -23,21 +24,67 @@ SCHEMAS_TOPIC = "gdx.schemas"
 
 
 def client_config(bootstrap: str, settings: Any | None = None) -> dict[str, Any]:
-    """Connection settings shared by every client; SASL/SCRAM over TLS when the broker is secured."""
+    """Connection settings shared by every client: the one place gdx decides how it talks to Kafka.
+
+    `GDX_KAFKA_SECURITY=sasl_ssl`: SASL/SCRAM-SHA-512 as `GDX_KAFKA_USERNAME` over TLS, the server's
+    certificate checked against `GDX_KAFKA_CA_FILE` (host name included). The password is read from
+    `GDX_KAFKA_PASSWORD_FILE` each time a client is made (a rotated password needs no new setting) or
+    taken from `GDX_KAFKA_PASSWORD`; it is never logged.
+    """
     config: dict[str, Any] = {"bootstrap_servers": bootstrap.split(",")}
     if settings is not None and getattr(settings, "kafka_security", "plaintext") == "sasl_ssl":
-        password_file = getattr(settings, "kafka_password_file", None)
-        if not password_file:
-            raise ConfigurationError("GDX_KAFKA_PASSWORD_FILE is required with GDX_KAFKA_SECURITY=sasl_ssl")
+        username = getattr(settings, "kafka_username", "")
+        if not username:
+            raise ConfigurationError("GDX_KAFKA_USERNAME is required with GDX_KAFKA_SECURITY=sasl_ssl")
         config.update(
             security_protocol="SASL_SSL",
             sasl_mechanism="SCRAM-SHA-512",
-            sasl_plain_username=settings.kafka_username,
-            sasl_plain_password=password_file.read_text().strip(),
-            ssl_cafile=str(settings.kafka_ca_file) if settings.kafka_ca_file else None,
+            sasl_plain_username=username,
+            sasl_plain_password=_kafka_password(settings),
             ssl_check_hostname=True,
         )
+        ca_file = getattr(settings, "kafka_ca_file", None)
+        if ca_file:
+            if not Path(ca_file).is_file():
+                raise ConfigurationError(f"GDX_KAFKA_CA_FILE {ca_file}: no such file")
+            config["ssl_cafile"] = str(ca_file)
     return config
+
+
+def _kafka_password(settings: Any) -> str:
+    password_file = getattr(settings, "kafka_password_file", None)
+    if password_file:
+        path = Path(password_file)
+        try:
+            password = path.read_text().strip()
+            mode = path.stat().st_mode
+        except OSError as exc:
+            raise ConfigurationError(f"GDX_KAFKA_PASSWORD_FILE {path}: cannot read it ({exc.strerror})") from None
+        if mode & 0o077:
+            log.warning("Kafka password file is readable by other users: chmod 600 it", extra={"file": str(path)})
+        if not password:
+            raise ConfigurationError(f"GDX_KAFKA_PASSWORD_FILE {path} is empty")
+        return password
+    password = str(getattr(settings, "kafka_password", "") or "")
+    if not password:
+        raise ConfigurationError("GDX_KAFKA_PASSWORD_FILE (or GDX_KAFKA_PASSWORD) is required with "
+                                 "GDX_KAFKA_SECURITY=sasl_ssl")
+    return password
+
+
+def upsert_scram_users(admin: KafkaAdminClient, passwords: dict[str, str]) -> None:
+    """Create or change SCRAM-SHA-512 credentials (the admin client must be a super user)."""
+    from kafka.admin import ScramMechanism, UserScramCredentialUpsertion
+
+    if not passwords:
+        return
+    result = admin.alter_user_scram_credentials(
+        [UserScramCredentialUpsertion(user, ScramMechanism.SCRAM_SHA_512, password, iterations=8192)
+         for user, password in passwords.items()])
+    failed = {user: error for user, error in (result or {}).items() if error}
+    if failed:
+        raise ConfigurationError(f"the broker refused SCRAM credentials for {', '.join(sorted(failed))}: "
+                                 f"{next(iter(failed.values()))}")
 
 
 def make_producer(settings: Settings, client_id: str, **overrides: Any) -> KafkaProducer:
@@ -98,6 +145,8 @@ class TopicChange:
 def apply_topics(settings: Settings, catalog: TopicCatalog, extra: Iterable[str] = (),
                  raw_retention_ms: int | None = None, replication: int | None = None) -> list[TopicChange]:
     """Create or update every catalog topic (and `extra` feed topics) idempotently."""
+    if raw_retention_ms is None:
+        raw_retention_ms = getattr(settings, "raw_retention_ms", None)
     admin = make_admin(settings)
     try:
         brokers = len(admin.describe_cluster().get("brokers", [])) or 1

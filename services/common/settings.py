@@ -70,9 +70,22 @@ class Settings:
     kafka_username: str = dataclasses.field(
         default="", metadata={"doc": "SASL/SCRAM user (secured broker)", "env": "GDX_KAFKA_USERNAME"})
     kafka_password_file: Path | None = dataclasses.field(
-        default=None, metadata={"doc": "file holding the SASL/SCRAM password", "env": "GDX_KAFKA_PASSWORD_FILE"})
+        default=None, metadata={"doc": "file holding the SASL/SCRAM password (mode 0600; read when a client connects)",
+                                "env": "GDX_KAFKA_PASSWORD_FILE"})
+    kafka_password: str = dataclasses.field(
+        default="", repr=False,  # a secret: never in repr, logs or tracebacks
+        metadata={"doc": "SASL/SCRAM password inline instead of a file (visible in the process environment: "
+                         "prefer GDX_KAFKA_PASSWORD_FILE)", "env": "GDX_KAFKA_PASSWORD", "secret": True})
     kafka_ca_file: Path | None = dataclasses.field(
-        default=None, metadata={"doc": "CA certificate of the broker's TLS listener", "env": "GDX_KAFKA_CA_FILE"})
+        default=None, metadata={"doc": "CA certificate (PEM) of the broker's TLS listener; empty: the system's CAs",
+                                "env": "GDX_KAFKA_CA_FILE"})
+    kafka_credentials_dir: Path | None = dataclasses.field(
+        default=None, metadata={"doc": "where `gdx topics apply --feed` writes a new subscriber's password "
+                                       "(default: beside GDX_KAFKA_PASSWORD_FILE)", "env": "GDX_KAFKA_CREDENTIALS_DIR"})
+    raw_retention_ms: int = dataclasses.field(
+        default=24 * 3600 * 1000,
+        metadata={"doc": "retention of the identifiable gdx.raw.* topics, applied by `gdx topics apply`: "
+                         "long enough for anonymize to catch up after an outage, no longer", "env": "GDX_RAW_RETENTION_MS"})
     topic_prefix: str = dataclasses.field(
         default="", metadata={"doc": "prefix put before every topic name (tests isolate themselves with it)",
                               "env": "GDX_TOPIC_PREFIX"})
@@ -110,6 +123,10 @@ class Settings:
     def validate(self) -> None:
         if self.kafka_security not in ("plaintext", "sasl_ssl"):
             raise SettingsError(f"GDX_KAFKA_SECURITY: expected plaintext or sasl_ssl, got {self.kafka_security!r}")
+        if self.kafka_security == "sasl_ssl" and not self.kafka_username:
+            raise SettingsError("GDX_KAFKA_USERNAME: required with GDX_KAFKA_SECURITY=sasl_ssl")
+        if self.raw_retention_ms < 1000:
+            raise SettingsError(f"GDX_RAW_RETENTION_MS: at least 1000 (milliseconds), got {self.raw_retention_ms}")
         if self.max_message_bytes < 1024:
             raise SettingsError("GDX_MAX_MESSAGE_BYTES: must be at least 1024")
 
@@ -124,5 +141,7 @@ class Settings:
                     default = str(default.relative_to(REPO_ROOT)) or "."
                 except ValueError:
                     default = str(default)
+            if field.metadata.get("secret") and default:
+                default = "***"
             rows.append((cls.env_name(field), str(default), str(field.metadata.get("doc", ""))))
         return rows

@@ -63,6 +63,10 @@ class TopicCatalog:
     def specs(self) -> list[TopicSpec]:
         return list(self._specs.values())
 
+    @property
+    def templates(self) -> list[TopicSpec]:
+        return list(self._templates)
+
     def spec(self, name: str) -> TopicSpec:
         """The spec of a catalog topic, by its logical (unprefixed) name."""
         base = name[len(self.prefix):] if self.prefix and name.startswith(self.prefix) else name
