@@ -1,0 +1,127 @@
+"""Soak: ten minutes of ingest as fast as the pipeline takes it, every process's memory sampled.
+
+Distinct 100-sample files (fresh positions, so nothing is deduplicated away) are dropped into the
+ingest service's drop box, a few ahead of it, while anonymize, consent_gate, index and publish run as
+processes; Beacon queries run alongside; ingested files are deleted from done/ as they land. Figures: the sustained rate (records the index completed per second),
+and per process the resident memory in the first and last quarter of the run and its slope.
+`--quick` soaks for 45 seconds.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+from bench.e2e_bench import CENTER, DATASET, Pipeline, file_id, get_json, write_vcf
+from bench.harness import BenchContext, rss_mb
+
+
+class FileMaker:
+    """Files sharing one block of genotype rows, each at its own positions (cheap to write)."""
+
+    def __init__(self, samples: list[str], per_file: int, seed: int = 11):
+        self.samples = samples
+        self.rng = random.Random(seed)
+        self.block = []
+        for _ in range(per_file):
+            af = self.rng.choice((0.01, 0.05, 0.2, 0.5))
+            self.block.append(["0/1" if self.rng.random() < af else ("1/1" if self.rng.random() < af * af else "0/0")
+                               for _ in samples])
+        self.pos = 100_000
+        self.made = 0
+
+    def write(self, folder: Path) -> Path:
+        rows = []
+        for gts in self.block:
+            self.pos += self.rng.randint(3, 40)
+            rows.append((self.pos, "A", self.rng.choice("CGT"), gts))
+        path = folder / f"soak-{self.made:05d}.vcf"
+        self.made += 1
+        write_vcf(path, self.samples, rows)
+        return path
+
+
+def run(ctx: BenchContext) -> None:
+    seconds = 45 if ctx.quick else 600
+    per_file = 2_000
+    samples = [f"S{i:04d}" for i in range(100)]
+    staging = ctx.work / "soak-staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    maker = FileMaker(samples, per_file)
+    pipe = Pipeline(ctx, "soak")
+    inbox = pipe.dir / "inbox"
+    box = inbox / CENTER / DATASET
+    box.mkdir(parents=True)
+    pipe.env.update({"GDX_INGEST_INBOX": str(inbox), "GDX_INGEST_SETTLE_SECONDS": "0.2",
+                     "GDX_INGEST_SCAN_INTERVAL_S": "0.2", "GDX_INGEST_METRICS_PORT": "0"})
+    pipe.services = (*pipe.services, "ingest")
+    pipe.start()
+    try:
+        pipe.consent_all(samples)
+        procs = {s: p.pid for s, p in pipe.procs.items()}
+        samples_mb: dict[str, list[tuple[float, float]]] = {name: [] for name in procs}
+        stop = threading.Event()
+        done_ids: list[str] = []
+
+        def feed() -> None:
+            """Keep three files waiting in the drop box; delete what has been ingested."""
+            while not stop.is_set():
+                waiting = [p for p in box.iterdir() if p.is_file()]
+                for _ in range(3 - len(waiting)):
+                    path = maker.write(staging)
+                    done_ids.append(file_id(path))
+                    path.rename(box / path.name)
+                for sub in ("done", "rejected"):
+                    for p in (box / sub).glob("*") if (box / sub).exists() else ():
+                        p.unlink()
+                time.sleep(0.1)
+
+        threading.Thread(target=feed, daemon=True).start()
+        queries = [0]
+        stop = threading.Event()
+
+        def query_load() -> None:
+            rng = random.Random(3)
+            while not stop.is_set():
+                q = urllib.parse.urlencode({"assemblyId": "GRCh38", "referenceName": "22", "start": rng.randint(0, 10**7),
+                                            "end": rng.randint(10**7, 2 * 10**7), "requestedGranularity": "count"})
+                try:
+                    get_json(f"{pipe.beacon}/g_variants?{q}")
+                    queries[0] += 1
+                except OSError:
+                    pass
+                time.sleep(0.2)
+
+        threading.Thread(target=query_load, daemon=True).start()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            now = time.monotonic() - t0
+            for name, pid in procs.items():
+                rss = rss_mb(pid)
+                if rss:
+                    samples_mb[name].append((now, rss))
+            time.sleep(2)
+        stop.set()
+        complete = {f["file_id"] for f in get_json(pipe.index + "/completeness") if f["complete"]}
+        done = sum(1 for f in done_ids if f in complete)
+        ctx.figure("soak: duration", seconds, "s")
+        ctx.figure("soak: sustained rate (records completed in the index)", done * per_file / seconds, "variants/s")
+        ctx.figure("soak: Beacon queries answered alongside", queries[0], "queries")
+        for name, points in samples_mb.items():
+            if len(points) < 8:
+                continue
+            q = len(points) // 4
+            first = statistics.fmean(v for _, v in points[:q])
+            last = statistics.fmean(v for _, v in points[-q:])
+            xs = [t for t, _ in points]
+            ys = [v for _, v in points]
+            slope = statistics.linear_regression(xs, ys).slope * 60
+            ctx.figure(f"soak: {name} RSS first quarter", first, "MB")
+            ctx.figure(f"soak: {name} RSS last quarter", last, "MB", baseline=f"soak: {name} RSS first quarter")
+            ctx.figure(f"soak: {name} RSS slope", slope, "MB/min")
+    finally:
+        pipe.stop()
