@@ -121,5 +121,13 @@ def publish(kafka: KafkaTestEnv, index_urls: list[str], **overrides: Any) -> Pub
     return PublishThread(settings)
 
 
+def feeds(kafka: KafkaTestEnv, **overrides: Any) -> ServiceThread:
+    """The subscriber feed worker (`gdx serve publish` runs it beside the API)."""
+    from gdx.publish.feeds import build_feeds
+
+    settings = kafka.settings(PublishSettings, **{"metrics_port": 0, "feeds_metrics_port": 0, **overrides})
+    return ServiceThread(build_feeds(settings))
+
+
 def ingest_producer(kafka: KafkaTestEnv, **overrides: Any) -> IngestProducer:
     return IngestProducer(kafka.settings(IngestSettings, **overrides), Metrics("ingest"))
