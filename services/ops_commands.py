@@ -22,12 +22,27 @@ from gdx.cli import CommandError, command
 from gdx.common.service import METRICS_PORTS
 from gdx.common.settings import Settings, SettingsError
 
-# consumer group (without prefix) -> the catalog topics it consumes
+# status row -> the catalog topics its consumer group (gdx.<row>, prefixed) consumes
 PIPELINE_GROUPS = {
     "anonymize": ["gdx.raw.variants.v1", "gdx.raw.clinical.v1", "gdx.raw.consent.v1"],
     "consent_gate": ["gdx.pseudo.variants.v1", "gdx.pseudo.clinical.v1"],
     "index": ["gdx.released.variants.v1", "gdx.released.clinical.v1"],
 }
+# The subscriber feed worker `gdx serve publish` runs beside the Beacon API (its own /metrics port and
+# group gdx.publish.feeds). It can be switched off (GDX_PUBLISH_FEEDS=false): a group that never
+# committed anything has no lag to report rather than all of the released topics.
+OPTIONAL_GROUPS = {
+    "publish_feeds": ("gdx.publish.feeds",
+                      ["gdx.released.variants.v1", "gdx.released.clinical.v1", "gdx.released.retractions.v1"]),
+}
+STATUS_PORTS = {**METRICS_PORTS, "publish_feeds": 9106}
+
+
+def _groups() -> dict[str, tuple[str, list[str], bool]]:
+    """status row -> (group without prefix, input topics, optional)."""
+    out = {name: (f"gdx.{name}", inputs, False) for name, inputs in PIPELINE_GROUPS.items()}
+    out.update({name: (group, inputs, True) for name, (group, inputs) in OPTIONAL_GROUPS.items()})
+    return out
 COUNTERS = {"events_in": "gdx_events_in_total", "events_out": "gdx_events_out_total",
             "dead_lettered": "gdx_dead_letters_total"}
 DEAD_LETTERS = "gdx.ops.deadletters.v1"
@@ -42,8 +57,8 @@ class StatusSettings(Settings):
 
     endpoints: tuple[str, ...] = dataclasses.field(
         default=(), metadata={"doc": "comma-separated service=URL of /metrics and /health where a service does not run"
-                                     " on 127.0.0.1 with its default port (9101-9105), e.g."
-                                     " index=http://10.0.0.5:9104"})
+                                     " on 127.0.0.1 with its default port (9101-9105; publish_feeds, the feed"
+                                     " worker of gdx serve publish, 9106), e.g. index=http://10.0.0.5:9104"})
     index_urls: tuple[str, ...] = dataclasses.field(
         default=("http://127.0.0.1:5060",),
         metadata={"doc": "comma-separated base URLs of the index query API (files pending and complete)"})
@@ -59,7 +74,7 @@ class StatusSettings(Settings):
 
     def service_urls(self) -> dict[str, str]:
         """service -> base URL of its /metrics and /health."""
-        urls = {name: f"http://127.0.0.1:{port}" for name, port in METRICS_PORTS.items()}
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in STATUS_PORTS.items()}
         for entry in self.endpoints:
             name, sep, url = entry.partition("=")
             name = name.strip()
@@ -118,7 +133,8 @@ def _metric_sums(text: str) -> dict[str, Any]:
 
 
 def group_lag(settings: Settings) -> dict[str, dict[str, int]]:
-    """Per pipeline consumer group: messages not yet committed, per topic."""
+    """Per pipeline consumer group: messages not yet committed, per topic (optional groups that never
+    committed are left out)."""
     from gdx.common.kafka import client_config, make_admin
     from gdx.common.topics import TopicCatalog
     from kafka import KafkaConsumer, TopicPartition
@@ -128,9 +144,11 @@ def group_lag(settings: Settings) -> dict[str, dict[str, int]]:
     consumer = KafkaConsumer(**client_config(settings.kafka_bootstrap, settings), group_id=None)
     try:
         lags: dict[str, dict[str, int]] = {}
-        for service, inputs in PIPELINE_GROUPS.items():
-            group = f"{settings.topic_prefix}gdx.{service}"
+        for service, (name, inputs, optional) in _groups().items():
+            group = settings.topic_prefix + name
             committed = admin.list_group_offsets(group).get(group, {}) or {}
+            if optional and not committed:
+                continue
             tps = []
             for logical in inputs:
                 name = topics.name(logical)
@@ -156,8 +174,8 @@ def _committed(settings: Settings) -> dict[str, dict[tuple[str, int], int]]:
     admin = make_admin(settings, "gdx-trace")
     try:
         out: dict[str, dict[tuple[str, int], int]] = {}
-        for service in PIPELINE_GROUPS:
-            group = f"{settings.topic_prefix}gdx.{service}"
+        for service, (name, _, _) in _groups().items():
+            group = settings.topic_prefix + name
             offsets = admin.list_group_offsets(group).get(group, {}) or {}
             out[service] = {(tp.topic, tp.partition): o.offset for tp, o in offsets.items() if o.offset >= 0}
         return out
@@ -450,7 +468,10 @@ def trace_path(settings: StatusSettings, ident: str, log_limit: int = 200) -> di
     steps = sorted(related.values(), key=lambda s: (s.time_ms, s.topic, s.partition, s.offset))
 
     committed = _committed(settings)
-    consumers = {t: svc for svc, inputs in PIPELINE_GROUPS.items() for t in inputs}
+    consumers: dict[str, list[str]] = {}
+    for svc, (_, inputs, _) in _groups().items():
+        for t in inputs:
+            consumers.setdefault(t, []).append(svc)
     file_ids = {a for a in aliases if a.startswith("sha256:")}
     file_ids |= {s.correlation_id for s in steps if s.correlation_id.startswith("sha256:")}
     file_ids |= {s.value["file_id"] for s in steps if s.value and s.value.get("file_id")}
@@ -462,6 +483,10 @@ def trace_path(settings: StatusSettings, ident: str, log_limit: int = 200) -> di
             "time": _iso(s.time_ms), "time_ms": s.time_ms, "service": service, "topic": s.topic,
             "partition": s.partition, "offset": s.offset, "event_id": s.event_id, "causation_id": s.causation_id,
             "correlation_id": s.correlation_id, "schema": s.schema, "outcome": _outcome(s)}
+        if s.topic == AUDIT and s.value:
+            step["audit"] = {k: s.value.get(k) for k in ("action", "decision", "rule", "data_ref", "participant")}
+        if s.topic == DEAD_LETTERS and s.value:
+            step["dead_letter"] = {k: s.value.get(k) for k in ("reason_code", "reason", "input")}
         summary = services.setdefault(service, {"produced": {}, "dead_letters": {}, "audit": {}})
         if s.topic == DEAD_LETTERS:
             reason = (s.value or {}).get("reason_code", "unknown")
@@ -471,10 +496,11 @@ def trace_path(settings: StatusSettings, ident: str, log_limit: int = 200) -> di
             summary["audit"][key] = summary["audit"].get(key, 0) + 1
         else:
             summary["produced"][s.topic] = summary["produced"].get(s.topic, 0) + 1
-        consumer = consumers.get(s.topic)
-        if consumer is not None:
+        for consumer in consumers.get(s.topic, []):
+            if consumer in OPTIONAL_GROUPS and not committed.get(consumer):
+                continue  # not running here
             done = committed.get(consumer, {}).get((catalog.name(s.topic), s.partition), 0) > s.offset
-            step["consumed_by"] = {consumer: done}
+            step.setdefault("consumed_by", {})[consumer] = done
             mine = services.setdefault(consumer, {"produced": {}, "dead_letters": {}, "audit": {}})
             counts = mine.setdefault("consumed", {"done": 0, "pending": 0})
             counts["done" if done else "pending"] += 1
@@ -511,12 +537,28 @@ def _trace(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
         return 0
     print(f"trace {result['id']}" + (f" (file {', '.join(result['file_ids'])})" if result["file_ids"] else ""))
-    for step in result["steps"]:
-        consumed = ""
-        for svc, done in (step.get("consumed_by") or {}).items():
-            consumed = f"  -> {svc} {'consumed' if done else 'NOT YET consumed'}"
+    steps = result["steps"]
+    i = 0
+    while i < len(steps):
+        step = steps[i]
+        if "audit" in step:  # one line per audited item: the decisions about each participant, counted
+            ref = (step["service"], step["audit"]["data_ref"])
+            group = []
+            while i < len(steps) and "audit" in steps[i] and (steps[i]["service"], steps[i]["audit"]["data_ref"]) == ref:
+                group.append(steps[i]["audit"])
+                i += 1
+            counts: dict[str, int] = {}
+            for a in group:
+                key = f"{a['action']} {a['decision']}"
+                counts[key] = counts.get(key, 0) + 1
+            print(f"  {step['time']}  {step['service']:13s} {AUDIT}  audit {ref[1]}: "
+                  + ", ".join(f"{k} x{n}" for k, n in counts.items()))
+            continue
+        consumed = "".join(f"  -> {svc} {'consumed' if done else 'NOT YET consumed'}"
+                           for svc, done in (step.get("consumed_by") or {}).items())
         print(f"  {step['time']}  {step['service']:13s} {step['topic']}[{step['partition']}]@{step['offset']}  "
               f"{step['outcome']}{consumed}")
+        i += 1
     print("by service:")
     for svc, s in result["services"].items():
         parts = [f"produced {sum(s['produced'].values())} ({', '.join(f'{t}={n}' for t, n in s['produced'].items())})"
