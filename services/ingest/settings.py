@@ -13,7 +13,7 @@ from gdx.common.service import ServiceSettings
 class IngestSettings(ServiceSettings):
     prefix: ClassVar[str] = "GDX_INGEST_"
 
-    batch_size: int = dataclasses.field(default=1000, metadata={"doc": "VCF records per variant batch event"})
+    batch_size: int = dataclasses.field(default=1000, metadata={"doc": "VCF records per variant batch event (fewer where they would pass GDX_MAX_MESSAGE_BYTES)"})
     inbox: Path | None = dataclasses.field(
         default=None, metadata={"doc": "drop box folder watched by the ingest service (default <run dir>/inbox)"})
     settle_seconds: float = dataclasses.field(
