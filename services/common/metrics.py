@@ -61,6 +61,9 @@ class Metrics:
         self.index_variants = Gauge("gdx_index_variants", "Variants in the index", ["service"], registry=r)
         self.index_participants = Gauge("gdx_index_participants", "Participants with released data in the index",
                                         ["service"], registry=r)
+        self.index_dataset_participants = Gauge("gdx_index_dataset_participants",
+                                                "Participants with released data in the index, per dataset",
+                                                ["service", "dataset"], registry=r)
         # files
         self.files = Gauge("gdx_files", "Files by state (in_flight, complete, failed)", ["service", "state"], registry=r)
         # API

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from gdx.common.avro import SchemaCatalog
 from gdx.common.envelope import Envelope
+from gdx.common.errors import TransientError
 from gdx.common.kafka import make_consumer
 from gdx.common.logs import setup_logging
 from gdx.common.metrics import Metrics, now_ms
@@ -22,11 +25,13 @@ from gdx.index.handler import IndexHandler
 from gdx.index.query import CohortQuery, VariantQuery, to_json
 from gdx.index.settings import IndexSettings
 from kafka import TopicPartition
+from kafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 SERVICE = "index"
 RELEASED_VARIANTS, RELEASED_CLINICAL = "gdx.released.variants.v1", "gdx.released.clinical.v1"
 RETRACTIONS = "gdx.released.retractions.v1"
+LAG_INTERVAL_S = 1.0  # how often `pending` (retractions and partitions still to read) is refreshed
 
 
 def purpose_filter(purposes: list[list[Any]] | None) -> Callable[[str, tuple[str, ...]], bool]:
@@ -51,13 +56,34 @@ def purpose_filter(purposes: list[list[Any]] | None) -> Callable[[str, tuple[str
 
 
 class IndexApp:
+    """The runner's handler for the index: applies events, follows partition ownership, reads every
+    retraction, keeps the size gauges; `answer` serves the query API."""
+
     def __init__(self, handler: IndexHandler, settings: IndexSettings, topics: TopicCatalog, schemas: SchemaCatalog,
                  metrics: Metrics):
         self.handler = handler
         self.metrics = metrics
         self.schemas = schemas
+        self.topics = topics
+        self.size_interval_s = settings.size_interval_s
         self.lock = threading.Lock()
         self.pending = 0
+        self.runner: Runner | None = None  # set by build(): its consumer is seeked on assignment
+        # ownership of the released partitions (logical topic, partition); see on_revoke/on_assign
+        self._ownership = threading.Lock()
+        self._owned: set[tuple[str, int]] = set()
+        self._to_drop: set[tuple[str, int]] = set()
+        self._dropping: set[tuple[str, int]] = set()
+        self._settled = True
+        # nothing is answered until the group says which partitions are this worker's
+        handler.store.serving = frozenset()
+        self._last_lag = 0.0
+        self._retraction_pending = 0
+        self._rebuild_pending = 0
+        self._size_due = 0.0
+        self._size_dirty = True
+        self._datasets_sized: set[str] = set()
+        self._sizing = threading.Thread()
         self.retractions = make_consumer(settings, None, f"gdx.{SERVICE}.retractions")
         topic = topics.name(RETRACTIONS)
         self.tps = [TopicPartition(topic, p) for p in sorted(self.retractions.partitions_for_topic(topic) or ())]
@@ -74,11 +100,95 @@ class IndexApp:
         with self.lock:
             self.handler.handle(event.schema, event.value, topic=event.topic, partition=event.partition,
                                 offset=event.offset)
+        self._size_dirty = True
         if event.envelope.created_ms:
             self.metrics.end_to_end_seconds.labels(SERVICE).observe(max(0, now_ms() - event.envelope.created_ms) / 1000)
         return []
 
+    # -- partition ownership ----------------------------------------------------------------------
+    # Each released batch (and clinical record) lives on one partition, and the worker assigned a
+    # partition owns its data. The runner's rebalance listener calls these on the consumer's IO thread,
+    # so they only change sets and positions (no writes, no waiting); tick() drops data in the runner
+    # thread. kafka-python's default assignors are eager: every member revokes everything before any
+    # member is assigned, so no two workers ever count one partition.
+
+    def _key(self, tp: TopicPartition) -> tuple[str, int]:
+        return self.topics.logical(tp.topic), tp.partition
+
+    def on_revoke(self, partitions: list[TopicPartition]) -> None:
+        """Stop answering for these partitions at once (their data stays until tick() knows whether
+        the next assignment gives them back)."""
+        keys = {self._key(tp) for tp in partitions}
+        with self._ownership:
+            self._owned -= keys
+            self._to_drop |= keys
+            self._settled = False
+            self.handler.store.serving = frozenset(self._owned)
+        self._size_dirty = True
+        log.info("partitions revoked", extra={"partitions": sorted(f"{t}:{p}" for t, p in keys)})
+
+    def on_assign(self, partitions: list[TopicPartition]) -> None:
+        """Answer for these partitions and read each from where this worker's store stands, never from
+        the group's committed offset: that is another worker's progress when the partition moved here.
+        A partition the store has nothing of is read from the beginning (released topics keep
+        everything), which rebuilds its data."""
+        keys = {self._key(tp): tp for tp in partitions}
+        positions = self.handler.store.positions()
+        consumer = self.runner.consumer if self.runner is not None else None
+        with self._ownership:
+            self._owned |= set(keys)
+            self._to_drop -= set(keys)
+            self._settled = True
+            for key, tp in keys.items():
+                if consumer is None or key in self._dropping:
+                    continue  # being dropped right now: tick() rewinds it when done
+                pos = positions.get(key)
+                if pos is None:
+                    consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, pos)
+            self.handler.store.serving = frozenset(self._owned)
+        self._size_dirty = True
+        log.info("partitions assigned", extra={"partitions": sorted(
+            f"{t}:{p}@{positions.get((t, p), 0)}" for t, p in keys)})
+
+    def _drop_lost(self) -> None:
+        """Forget the data of partitions another worker now owns (once the rebalance has settled)."""
+        with self._ownership:
+            if not self._settled or not self._to_drop:
+                return
+            victims, self._to_drop = self._to_drop - self._owned, set()
+            self._dropping = victims
+        victims_left = set(victims)
+        try:
+            for topic, partition in sorted(victims):
+                with self.lock:
+                    self.handler.store.drop_partition(topic, partition)
+                victims_left.discard((topic, partition))
+                log.info("partition data dropped", extra={"topic": topic, "partition": partition})
+        except sqlite3.OperationalError as exc:
+            with self._ownership:
+                self._to_drop |= victims_left  # tried again at the next tick
+            raise TransientError(f"index store: dropping a partition failed: {exc}") from exc
+        finally:
+            with self._ownership:
+                self._dropping = set()
+                regained = victims & self._owned
+            consumer = self.runner.consumer if self.runner is not None else None
+            if regained and consumer is not None:
+                # assigned again while being dropped (on_assign left its position to us): read it from
+                # the beginning if its data is gone, else from where the store stands
+                positions = self.handler.store.positions()
+                for topic, partition in regained:
+                    tp = TopicPartition(self.topics.name(topic), partition)
+                    if (topic, partition) in victims_left and (topic, partition) in positions:
+                        consumer.seek(tp, positions[(topic, partition)])
+                    else:
+                        consumer.seek_to_beginning(tp)
+            self._size_dirty = True
+
     def tick(self) -> Iterable[Output]:
+        self._drop_lost()
         applied = 0
         for tp, recs in self.retractions.poll(timeout_ms=0).items():
             for rec in recs:
@@ -92,9 +202,65 @@ class IndexApp:
                 applied += 1
         if applied:
             self.commit()
-        ends = self.retractions.end_offsets(self.tps) if self.tps else {}
-        self.pending = sum(max(0, e - self.retractions.position(tp)) for tp, e in ends.items())
+            self._size_dirty = True
+        now = time.monotonic()
+        if applied or now - self._last_lag >= LAG_INTERVAL_S:
+            self._last_lag = now
+            self._update_pending()
+        if self._size_dirty and now >= self._size_due and not self._sizing.is_alive():
+            # the variant count reads every key (about 1.5 s per million): on a thread of its own, with
+            # its own read connection, so the consumer never waits for it
+            self._size_due = now + self.size_interval_s
+            self._size_dirty = False
+            self._sizing = threading.Thread(target=self._measure, name="index-size", daemon=True)
+            self._sizing.start()
         return []
+
+    def _measure(self) -> None:
+        try:
+            self.update_size()
+        except Exception:  # noqa: BLE001 - a gauge must never stop the worker; the next tick retries
+            log.exception("index size not measured")
+            self._size_dirty = True
+
+    def _update_pending(self) -> None:
+        """Events not yet in the store: retractions, plus what the owned partitions still have to be
+        read (a partition being rebuilt after it moved here); `gdx wait --idle` waits for 0."""
+        ends = self.retractions.end_offsets(self.tps) if self.tps else {}
+        self._retraction_pending = sum(max(0, e - self.retractions.position(tp)) for tp, e in ends.items())
+        consumer = self.runner.consumer if self.runner is not None else None
+        with self._ownership:
+            owned = sorted(self._owned)
+        if consumer is not None and owned:
+            positions = self.handler.store.positions()
+            tps = {TopicPartition(self.topics.name(t), p): (t, p) for t, p in owned}
+            try:
+                ends = consumer.end_offsets(list(tps))
+                self._rebuild_pending = sum(max(0, end - positions.get(tps[tp], 0)) for tp, end in ends.items())
+            except (KafkaError, ValueError, AssertionError) as exc:
+                log.debug("end offsets unavailable", extra={"error": str(exc)})
+        else:
+            self._rebuild_pending = 0
+        self.pending = self._retraction_pending + self._rebuild_pending
+
+    def update_size(self) -> dict[str, Any]:
+        """Set the index size gauges (this worker's share) and the file states from the store."""
+        size = self.handler.store.size()
+        self.metrics.index_variants.labels(SERVICE).set(size["variants"])
+        self.metrics.index_participants.labels(SERVICE).set(size["participants"])
+        known = set(self._datasets_sized)
+        for dataset, count in size["participants_by_dataset"].items():
+            self.metrics.index_dataset_participants.labels(SERVICE, dataset).set(count)
+        for dataset in known - set(size["participants_by_dataset"]):
+            self.metrics.index_dataset_participants.remove(SERVICE, dataset)
+        self._datasets_sized = set(size["participants_by_dataset"])
+        files = self.handler.completeness()
+        states = {"complete": 0, "in_flight": 0, "failed": 0}
+        for f in files:
+            states["complete" if f["complete"] else "failed" if f["phase"] == "FAILED" else "in_flight"] += 1
+        for state, count in states.items():
+            self.metrics.files.labels(SERVICE, state).set(count)
+        return size
 
     def commit(self) -> None:
         with self.lock:
@@ -129,15 +295,8 @@ class IndexApp:
         if path == "/completeness":
             return self.handler.completeness()
         if path == "/datasets":
-            return sorted({f["dataset"] for f in self.handler.completeness()} | set(_cohort_datasets(store)))
+            return sorted({f["dataset"] for f in self.handler.completeness()} | set(store.cohort.datasets()))
         raise KeyError(path)
-
-
-def _cohort_datasets(store: Any) -> list[str]:
-    try:
-        return [r[0] for r in store._reader().execute("SELECT DISTINCT dataset FROM individual")]
-    except Exception:  # noqa: BLE001 - an empty store has no cohort table yet
-        return []
 
 
 def serve_queries(app: IndexApp, host: str, port: int) -> ThreadingHTTPServer:
@@ -182,12 +341,16 @@ def serve_queries(app: IndexApp, host: str, port: int) -> ThreadingHTTPServer:
     return server
 
 
-def build(settings: IndexSettings, metrics: Metrics | None = None) -> tuple[Runner, IndexApp]:
+def build(settings: IndexSettings, metrics: Metrics | None = None,
+          group_id: str | None = None) -> tuple[Runner, IndexApp]:
+    """The worker: a runner in consumer group `gdx.index` (or `group_id`) and its IndexApp."""
     metrics = metrics or Metrics(SERVICE)
     topics = TopicCatalog.load(settings.schema_dir, settings.topic_prefix)
     schemas = SchemaCatalog.load(settings.schema_dir)
     app = IndexApp(IndexHandler.from_settings(settings), settings, topics, schemas, metrics)
-    runner = Runner(SERVICE, settings, app, [RELEASED_VARIANTS, RELEASED_CLINICAL], [RETRACTIONS], metrics=metrics)
+    runner = Runner(SERVICE, settings, app, [RELEASED_VARIANTS, RELEASED_CLINICAL], [RETRACTIONS], metrics=metrics,
+                    group_id=group_id)
+    app.runner = runner
     return runner, app
 
 

@@ -255,8 +255,8 @@ class CohortIndex:
                              participant_filter: ParticipantFilter | None,
                              candidates: set[tuple[str, str]] | None) -> list[tuple[Any, ...]]:
         store = self.store
-        rows = conn.execute("SELECT dataset, participant, consent_time, duo, sex, age_band FROM individual"
-                            " ORDER BY dataset, participant")
+        rows = conn.execute("SELECT dataset, participant, consent_time, duo, sex, age_band, src_topic, src_partition"
+                            " FROM individual ORDER BY dataset, participant")
         allowed: dict[tuple[str, str], bool] = {}
         out = []
         for row in rows:
@@ -265,7 +265,7 @@ class CohortIndex:
                 continue
             if datasets is not None and dataset not in datasets:
                 continue
-            if store.is_retracted(dataset, participant, consent_time):
+            if store.is_retracted(dataset, participant, consent_time) or not store.serves(row[6], row[7]):
                 continue
             if participant_filter is not None:
                 key = (dataset, duo)
@@ -274,7 +274,7 @@ class CohortIndex:
                     ok = allowed[key] = bool(participant_filter(dataset, tuple(json.loads(duo))))
                 if not ok:
                     continue
-            out.append(row)
+            out.append(row[:6])
         return out
 
     def query(self, query: CohortQuery, participant_filter: ParticipantFilter) -> CohortResult:
@@ -298,6 +298,12 @@ class CohortIndex:
                 phenopacket = json.loads(text[0]) if text else None
             hits.append(IndividualHit(dataset, participant, sex, band, phenopacket))
         return CohortResult(hits, len(rows))
+
+    def datasets(self) -> list[str]:
+        """Datasets with at least one individual this worker answers for."""
+        rows = self.store._reader().execute(
+            "SELECT DISTINCT dataset, src_topic, src_partition FROM individual").fetchall()
+        return sorted({d for d, topic, partition in rows if self.store.serves(topic, partition)})
 
     def filtering_terms(self, participant_filter: ParticipantFilter | None = None,
                         datasets: frozenset[str] | None = None) -> list[dict[str, Any]]:

@@ -28,11 +28,16 @@ class IndexSettings(ServiceSettings):
     ontology_files: tuple[Path, ...] = dataclasses.field(
         default=(), metadata={"doc": "comma-separated OBO files (HPO, MONDO...) for descendant-term filters"})
     query_port: int = dataclasses.field(default=5060, metadata={"doc": "port of the internal query API"})
+    size_interval_s: float = dataclasses.field(
+        default=30.0, metadata={"doc": "at most this often the index size gauges are recomputed after a change (a"
+                                       " read of every variant key, about 1.5 s per million, off the consumer thread)"})
 
     def validate(self) -> None:
         super().validate()
         if self.synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise SettingsError("GDX_INDEX_SYNCHRONOUS: expected NORMAL, FULL, EXTRA or OFF")
+        if self.size_interval_s <= 0:
+            raise SettingsError("GDX_INDEX_SIZE_INTERVAL_S: must be positive")
         if self.cache_mb < 1:
             raise SettingsError("GDX_INDEX_CACHE_MB: must be at least 1")
         for path in self.ontology_files:

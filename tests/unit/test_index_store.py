@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import json
 import sqlite3
 
 import pytest
@@ -13,6 +14,7 @@ from gdx.index.query import (
     GENO_HETEROZYGOUS,
     GENO_HOMOZYGOUS,
     GENO_UNSPECIFIED,
+    CohortQuery,
     VariantQuery,
     VariantResult,
     from_json,
@@ -251,6 +253,37 @@ def test_dropping_a_revoked_partition_forgets_its_files(store):
     assert stats.allele_count == 2
     assert [f["file_id"] for f in store.completeness()] == ["sha256:f2"]
     assert ("gdx.released.variants.v1", 4) not in store.positions()
+
+
+def test_only_served_partitions_count_and_size_says_what_is_served(store):
+    """A worker answers for the partitions it owns: data of one it gave up (still on disk until
+    dropped) counts nowhere in its answers, completeness, cohort or size."""
+    variants, clinical = "gdx.released.variants.v1", "gdx.released.clinical.v1"
+    store.add_manifest(manifest("START"), Source(variants, 0, 0))
+    store.add_batch(batch(["A", "B"], [record(100, "A", ["G"], [(0, 1), (1, 1)]), record(200, "C", ["T"], [(0, 1), (0, 0)])]),
+                    Source(variants, 0, 1))
+    store.add_batch(batch(["C"], [record(100, "A", ["G"], [(0, 1)]), record(300, "G", ["A"], [(1, 1)])],
+                          file_id="sha256:f2"), Source(variants, 1, 0))
+    store.cohort.add_record({"dataset": "ds1", "participant": "A", "record_id": "r-A", "release_id": "rel-A",
+                             "terms": {"participant": "A", "duo": ["GRU"], "consent_time": 100, "consent_version": "v"},
+                             "phenopacket": json.dumps({"subject": {"sex": "FEMALE"}})}, Source(clinical, 2, 0))
+    everything = store.size()
+    assert everything == {"variants": 3, "participants": 3, "participants_by_dataset": {"ds1": 3}}
+
+    store.serving = frozenset({(variants, 1)})
+    stats = only(store.query_variants(point(100, "A", "G"), EVERYONE)).datasets[0]
+    assert (stats.allele_count, stats.allele_number) == (1, 2)
+    assert store.query_variants(point(200, "C", "T"), EVERYONE).hits == []
+    assert [f["file_id"] for f in store.completeness()] == ["sha256:f2"]
+    assert store.cohort.query(CohortQuery(()), EVERYONE).total == 0 and store.cohort.datasets() == []
+    assert store.size() == {"variants": 2, "participants": 1, "participants_by_dataset": {"ds1": 1}}
+
+    store.serving = frozenset({(variants, 0), (variants, 1), (clinical, 2)})
+    stats = only(store.query_variants(point(100, "A", "G"), EVERYONE)).datasets[0]
+    assert (stats.allele_count, stats.allele_number) == (4, 6)
+    assert store.cohort.query(CohortQuery(()), EVERYONE).total == 1
+    store.retract(retraction("B", 150))
+    assert store.size() == {"variants": 3, "participants": 2, "participants_by_dataset": {"ds1": 2}}
 
 
 def test_retracted_genotypes_are_erased_from_the_file(store, tmp_path):
