@@ -27,6 +27,8 @@ from gdx.publish.settings import PublishSettings
 log = logging.getLogger(__name__)
 SERVICE = "publish"
 AUDIT = "gdx.audit.events.v1"
+DATASETS_TTL_S = 1.0
+INDEX_CONNECTIONS = 4  # concurrent requests to one index worker
 
 
 def filter_factory(purposes: Sequence[Any]) -> Callable[[str, tuple[str, ...]], bool]:
@@ -52,10 +54,15 @@ class HttpIndexClient:
         self.urls = [u.rstrip("/") for u in urls]
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._seen: tuple[float, list[str]] | None = None
 
     async def _post(self, path: str, body: dict[str, Any] | None) -> list[Any]:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout)
+            # The index's query server (http.server) listens with a backlog of 5 and closes every
+            # connection: a burst of more connections than that loses SYNs, which the client only resends
+            # after a second. Queueing here instead keeps the answer time near the query time.
+            connector = aiohttp.TCPConnector(limit_per_host=INDEX_CONNECTIONS)
+            self._session = aiohttp.ClientSession(timeout=self.timeout, connector=connector)
         session = self._session
 
         async def one(url: str) -> Any:
@@ -117,12 +124,18 @@ class HttpIndexClient:
         return merge_filtering_terms(json.loads(t) for t in await self._post("/filtering_terms", None))
 
     async def datasets_seen(self) -> list[str]:
+        """Datasets the index workers hold data of. Every query needs the list, so an answer is reused
+        for DATASETS_TTL_S: a new dataset shows up that much later, and the index is asked half as often."""
         import json
+        import time
 
+        if self._seen is not None and time.monotonic() - self._seen[0] < DATASETS_TTL_S:
+            return self._seen[1]
         seen: set[str] = set()
         for text in await self._post("/datasets", None):
             seen.update(json.loads(text))
-        return sorted(seen)
+        self._seen = (time.monotonic(), sorted(seen))
+        return self._seen[1]
 
 
 _GENO = {"GENO:0000458": "heterozygous", "GENO:0000136": "homozygous", "GENO:0000134": "hemizygous"}
