@@ -222,7 +222,7 @@ def test_key_panels_exist():
     for path in (OPS / "grafana" / "dashboards").glob("*.json"):
         board = json.loads(path.read_text())
         titles[board["uid"]] = {p["title"] for p in board["panels"]}
-    for uid, keys in dq.KEY_PANELS.items():
+    for uid, keys in (*dq.KEY_PANELS.items(), *dq.KEY_WHEN_CAUSED.items()):
         assert keys <= titles.get(uid, set()), f"{uid}: key panels missing: {keys - titles.get(uid, set())}"
     records = {q.source.removeprefix("record ") for q in dq.rule_queries() if q.kind == "record"}
     assert dq.KEY_RECORDS <= records

@@ -1,0 +1,245 @@
+"""A real Prometheus (Debian's package, unpacked by ops/install_prometheus.sh and run by this test, no
+service manager) scrapes the live services during a pipeline run on the real broker, with the repo's
+recording and alert rules loaded. Through Prometheus' HTTP API: every Grafana panel query and every
+rule evaluates without error, and the key panels have data (no dead panels).
+
+Key panels (ops/dashboard_queries.py KEY_PANELS) have data in any run where events flow, a file
+completes, consent is decided and the Beacon API is asked. This run also causes one dead letter (a
+record no schema can read) and one consent revocation, so the panels that show those
+(KEY_WHEN_CAUSED: dead letters by reason, firing alerts, retractions, revocation latency) must have
+data too. Only "Retries" may stay empty: no transient error happens.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from gdx.common.envelope import Envelope
+from gdx.common.kafka import make_producer
+from gdx.common.metrics import HealthServer
+from gdx.ingest.consent import grant_record, revoke_record
+from gdx.ingest.demo_data import generate
+
+from tests.integration.pipeline import anonymize, consent_gate, index, ingest_producer, publish
+from tests.kafka_harness import KafkaTestEnv, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+PROM = REPO / "ops" / "prometheus"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CENTER, DATASET = "demo-center", "demo-dataset"
+SCRAPE_S = 1.0
+
+
+def _dashboard_queries() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gdx_ops_dashboard_queries", REPO / "ops" / "dashboard_queries.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+dq = _dashboard_queries()
+
+
+@pytest.fixture(scope="module")
+def prometheus_binary() -> Path:
+    """ops/install_prometheus.sh's prometheus (`make install` runs the script; it is idempotent)."""
+    try:
+        done = subprocess.run(["sh", str(REPO / "ops" / "install_prometheus.sh")], capture_output=True, text=True,
+                              timeout=600)
+    except OSError as exc:
+        done = subprocess.CompletedProcess([], 1, "", str(exc))
+    paths = dict(line.split("=", 1) for line in done.stdout.split() if "=" in line)
+    if done.returncode != 0 or "PROMETHEUS" not in paths:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        message = f"Prometheus could not be installed by ops/install_prometheus.sh: {reason}"
+        if IN_CI:
+            pytest.fail(message + " (CI=true: the live-Prometheus check must run)")
+        pytest.skip(message)
+    return Path(paths["PROMETHEUS"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.load(answer)
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            answer.read()
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _scrape_config(targets: dict[str, str], path: Path) -> None:
+    """The repo's local scrape config with the live services' ports, a 1s interval and absolute rule paths."""
+    config = dq.load_yaml(PROM / "prometheus.yml")
+    config["global"].update({"scrape_interval": f"{SCRAPE_S:.0f}s", "scrape_timeout": f"{SCRAPE_S:.0f}s",
+                             "evaluation_interval": f"{SCRAPE_S:.0f}s"})
+    config["rule_files"] = [str(PROM / p) for p in config["rule_files"]]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(targets) <= set(jobs), f"no scrape job for {set(targets) - set(jobs)}"
+    for name, job in jobs.items():
+        job["static_configs"][0]["targets"] = [targets[name]] if name in targets else []
+    path.write_text(json.dumps(config))
+
+
+def _metric(url: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples on a /metrics page (label filter optional)."""
+    total = 0.0
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_every_dashboard_panel_and_rule_answers_over_a_live_pipeline(kafka: KafkaTestEnv, prometheus_binary: Path,
+                                                                      tmp_path: Path):
+    demo = generate(tmp_path / "demo", samples=8, records=600, seed=5)
+    producer = ingest_producer(kafka, batch_size=200)
+    # the ingest service (drop box) serves its producer's metrics like this (gdx.ingest.app)
+    ingest_metrics = HealthServer(producer.metrics, "127.0.0.1", 0, lambda: {"status": "ok"}).start()
+    producer.metrics.up.labels("ingest").set(1)
+    idx = index(kafka).start()
+    services: list[Any] = [anonymize(kafka).start(), consent_gate(kafka).start(), idx]
+    pub = publish(kafka, [idx.query_url]).start()
+    services.append(pub)
+    targets = {"ingest": f"127.0.0.1:{ingest_metrics.port}"}
+    for name, svc in zip(("anonymize", "consent_gate", "index", "publish"), services, strict=True):
+        # a runner opens its metrics port once its thread has started
+        url = wait_for(lambda svc=svc: svc.metrics_url, 60, what=f"{name} metrics endpoint")
+        targets[name] = url.removeprefix("http://")
+    _scrape_config(targets, tmp_path / "prometheus.yml")
+    port = _free_port()
+    prom_url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "prometheus.log", "w")
+    prom = subprocess.Popen([str(prometheus_binary), f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
+                             "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        # 1. data through the pipeline: consent, a VCF, phenopackets, one undecodable record
+        with open(demo.consent) as f:
+            granted = [r for r in csv.DictReader(f) if r["status"] == "granted"]
+        for r in granted:
+            producer.send_consent(grant_record(CENTER, DATASET, r["participant"], r["duo"].split()))
+        result = producer.ingest_vcf(demo.vcf, CENTER, DATASET)
+        assert result.ok
+        for p in demo.phenopackets:
+            assert producer.ingest_phenopacket(p, CENTER, DATASET).ok
+        producer.flush()
+        raw = make_producer(kafka.settings(), "ops-prometheus-test")
+        raw.send(kafka.topic("gdx.raw.clinical.v1"), key=b"garbage", value=b"\x00not avro",
+                 headers=Envelope("garbage-1", "garbage-1", producer="ops-prometheus-test").headers())
+        raw.flush()
+        raw.close()
+        wait_for(lambda: any(f["file_id"] == result.file_id and f["complete"]
+                             for f in _get(idx.query_url + "/completeness")), 90, what="the VCF indexed")
+
+        # 2. a consent revocation, applied by the index (revocation-to-retraction latency)
+        producer.send_consent(revoke_record(CENTER, DATASET, granted[0]["participant"]))
+        producer.flush()
+        wait_for(lambda: _metric(idx.metrics_url, "gdx_retractions_total") >= 1, 60, what="retraction applied")
+
+        # 3. Beacon queries: answered (200) and refused (400) ones
+        for query in ("/info", "/datasets", "/individuals?requestedGranularity=count",
+                      "/g_variants?assemblyId=GRCh38&referenceName=1&start=0&end=1000000000&requestedGranularity=count"):
+            assert _status(pub.url + query) == 200, query
+        assert _status(pub.url + "/g_variants?referenceName=1&start=x") == 400
+        activity_done = time.time()
+
+        # 4. Prometheus: every target up, scraped and rules evaluated twice since the activity ended
+        def settled() -> bool:
+            assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()
+            try:
+                ups = dq.instant_query(prom_url, "up")
+                groups = _get(prom_url + "/api/v1/rules")["data"]["groups"]
+            except (dq.QueryError, OSError):
+                return False
+            evaluated = [r.get("lastEvaluation", "") for g in groups for r in g["rules"]]
+            scraped = dq.instant_query(prom_url, "timestamp(up)")  # when each target was last scraped
+            return (len(ups) == len(targets) and all(u["value"][1] == "1" for u in ups)
+                    and all(float(u["value"][1]) > activity_done + 2 * SCRAPE_S for u in scraped)
+                    and bool(evaluated) and all(_after(e, activity_done + 2 * SCRAPE_S) for e in evaluated))
+
+        wait_for(settled, 90, interval=0.5, what="Prometheus scraping every service after the run")
+        time.sleep(2 * SCRAPE_S)  # a last scrape and rule round, so rates see the final counters
+
+        # 5. every panel and rule answers; key panels (and those of the dead letter and revocation) have data
+        problems = dq.check(prom_url, interval="1m", range_="10m", caused=True)
+        assert problems == [], "\n".join(f"{s}: {p}" for s, p in problems)
+        for group in _get(prom_url + "/api/v1/rules")["data"]["groups"]:
+            for rule in group["rules"]:
+                assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
+
+        # 6. what the panels show is the run's truth
+        def series(expr: str, label: str) -> dict[str, float]:
+            return {r["metric"].get(label, ""): float(r["value"][1]) for r in dq.instant_query(prom_url, expr)}
+
+        assert series("max by (service) (gdx_service_up)", "service") == {s: 1.0 for s in targets}
+        assert set(series("group by (service) (gdx_build_info)", "service")) == set(targets)  # $service variable
+        assert series('sum by (reason) (gdx_dead_letters_total{service="anonymize"})', "reason") == {"decode": 1.0}
+        firing = dq.instant_query(prom_url, 'ALERTS{alertstate="firing"}')
+        assert {(a["metric"]["alertname"], a["metric"].get("service"), a["metric"].get("reason")) for a in firing} \
+            == {("GdxDeadLettersRising", "anonymize", "decode")}
+        assert series('gdx_files{service="ingest"}', "state") == {"in_flight": 0.0, "complete": 1.0}
+        lag = series("sum by (service) (gdx_consumer_lag)", "service")
+        assert set(lag) == {"anonymize", "consent_gate", "index"} and set(lag.values()) == {0.0}, lag
+        statuses = series('sum by (status) (gdx_api_requests_total{service="publish"})', "status")
+        assert statuses.get("200") == 4 and statuses.get("400") == 1, statuses
+        decisions = series("sum by (outcome) (gdx_consent_decisions_total)", "outcome")
+        assert decisions.get("APPROVE", 0) > 0 and decisions.get("DENY", 0) > 0, decisions
+        assert series("gdx_retractions_total", "service") == {"consent_gate": 1.0, "index": 1.0}
+        assert series("gdx_revocation_to_retraction_seconds_count", "service") == {"index": 1.0}
+        assert series("gdx_pseudonym_key_version_info", "key_version")  # the active key's version
+        e2e = dq.instant_query(prom_url, 'gdx_end_to_end_seconds_count{service="index"}')
+        assert e2e and float(e2e[0]["value"][1]) >= result.batches
+    finally:
+        prom.terminate()
+        try:
+            prom.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            prom.kill()
+            prom.wait()
+        log.close()
+        pub.stop()
+        for svc in services[:3]:
+            svc.stop()
+        ingest_metrics.stop()
+        producer.close()
+
+
+def _after(rfc3339: str, epoch: float) -> bool:
+    """Prometheus' lastEvaluation (RFC 3339 with nanoseconds) is later than `epoch`."""
+    from datetime import datetime
+
+    if rfc3339.startswith("0001"):
+        return False
+    head, _, rest = rfc3339.partition(".")
+    zone = rest[rest.find("Z"):] if "Z" in rest else rest[-6:]
+    fraction = rest[: len(rest) - len(zone)][:6]
+    stamp = datetime.fromisoformat(f"{head}.{fraction or '0'}{'+00:00' if zone == 'Z' else zone}")
+    return stamp.timestamp() > epoch
+
