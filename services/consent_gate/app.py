@@ -67,9 +67,12 @@ class ConsentReader:
         self.fetcher = make_consumer(settings, None, f"gdx.{SERVICE}.replay", max_poll_records=1)
         self.scanner: Any = None
 
-    def lag(self) -> int:
+    def lag_by_partition(self) -> dict[int, int]:
         ends = self.consumer.end_offsets(self.tps)
-        return sum(max(0, end - self.consumer.position(tp)) for tp, end in ends.items())
+        return {tp.partition: max(0, end - self.consumer.position(tp)) for tp, end in ends.items()}
+
+    def lag(self) -> int:
+        return sum(self.lag_by_partition().values())
 
     def poll(self) -> list[tuple[dict[str, Any], int, tuple[int, int]]]:
         """Consent events read since the last poll, each with its (partition, offset). Positions are
@@ -152,8 +155,13 @@ class ConsentGateApp:
             outputs += self.handler.apply_consents(list(items))
             self.reader.save_positions(items)
             self._unapplied = []
+            self.handler.metrics.events_in.labels(SERVICE, PSEUDO_CONSENT).inc(len(items))
         if items or time.monotonic() - self._lag_checked > 1.0:
-            self.pending = self.reader.lag()
+            # the consent topic is read outside the runner's consumer group: its lag is exported here
+            lags = self.reader.lag_by_partition()
+            self.pending = sum(lags.values())
+            for partition, lag in lags.items():
+                self.handler.metrics.consumer_lag.labels(SERVICE, PSEUDO_CONSENT, str(partition)).set(lag)
             self._lag_checked = time.monotonic()
         return outputs
 

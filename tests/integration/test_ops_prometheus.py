@@ -207,6 +207,11 @@ def test_every_dashboard_panel_and_rule_answers_over_a_live_pipeline(kafka: Kafk
         assert series('gdx_files{service="ingest"}', "state") == {"in_flight": 0.0, "complete": 1.0}
         lag = series("sum by (service) (gdx_consumer_lag)", "service")
         assert set(lag) == {"anonymize", "consent_gate", "index"} and set(lag.values()) == {0.0}, lag
+        # consent_gate reads the consent topic outside its group: its lag and events are exported too
+        consent_lag = series('gdx_consumer_lag{service="consent_gate", topic="gdx.pseudo.consent.v1"}', "partition")
+        assert len(consent_lag) == kafka.topics.spec("gdx.pseudo.consent.v1").partitions, consent_lag
+        consumed = series('sum by (topic) (gdx_events_in_total{service="consent_gate"})', "topic")
+        assert consumed["gdx.pseudo.consent.v1"] == len(granted) + 1, consumed
         statuses = series('sum by (status) (gdx_api_requests_total{service="publish"})', "status")
         assert statuses.get("200") == 4 and statuses.get("400") == 1, statuses
         decisions = series("sum by (outcome) (gdx_consent_decisions_total)", "outcome")
