@@ -89,10 +89,9 @@ class IngestProducer:
         start: dict[str, Any] | None = None
         self.metrics.files.labels(SERVICE, "in_flight").inc()
         try:
-            # room for the batch's own fields and the Avro framing beside its records
-            cap = max(1, self.settings.max_message_bytes - 64 * 1024)
             for schema, value in iter_events(path, center, dataset, batch_size=self.settings.batch_size,
-                                             assembly=assembly, progress=progress, max_batch_bytes=cap):
+                                             assembly=assembly, progress=progress,
+                                             max_batch_bytes=self.settings.max_message_bytes):
                 result.file_id = value["file_id"]
                 self.send(RAW_VARIANTS, value["file_id"], schema, value, event_id(schema, value),
                           correlation=value["file_id"])

@@ -952,9 +952,9 @@ def iter_events(
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """("org.gdx.FileManifest", START), ("org.gdx.VariantBatch", batch)..., ("org.gdx.FileManifest", END).
 
-    Streams in constant memory. A batch holds `batch_size` records, fewer where they would encode to
-    more than about `max_batch_bytes` (thousands of samples: each record carries every sample's
-    call), but at least one. `assembly` overrides the header's. `progress(n)` is called after
+    Streams in constant memory. A batch holds `batch_size` records, fewer where the batch would encode
+    to more than `max_batch_bytes` (thousands of samples: each record carries every sample's call),
+    but at least one. `assembly` overrides the header's. `progress(n)` is called after
     each batch with the compressed bytes consumed since the previous call (tqdm's `update`; the
     total is the file size). On bad input raises VcfError, possibly after some batches: END is then
     never yielded, and the error's `failed_manifest` is the FAILED manifest to send.
@@ -974,7 +974,11 @@ def iter_events(
         records_sent = 0
         reported = 0
         try:
-            for batch in _grouped(vf.records(), batch_size, max_batch_bytes or 0):
+            cap = 0
+            if max_batch_bytes:  # what a batch carries beside its records: the sample list above all
+                overhead = 1024 + sum(len(x.encode()) + 5 for x in (center, dataset, vf.file_id, *vf.samples))
+                cap = max(1, max_batch_bytes - overhead)
+            for batch in _grouped(vf.records(), batch_size, cap):
                 yield BATCH, _batch(vf, center, dataset, chosen, batch_index, records_sent, batch)
                 batch_index += 1
                 records_sent += len(batch)

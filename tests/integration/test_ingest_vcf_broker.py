@@ -68,3 +68,28 @@ def test_real_vcfs_arrive_whole_and_equal_to_pysam(kafka: KafkaTestEnv, shared_d
         assert len({eid for _, _, eid in evs}) == len(evs)
     thousand = by_file[results[0].file_id]
     assert len(thousand[0][1]["samples"]) == 2504 and thousand[-1][1]["record_count"] == 1042
+
+
+def test_a_record_too_large_for_any_event_fails_the_file_after_its_batches(kafka: KafkaTestEnv,
+                                                                           tmp_path: Path) -> None:
+    header = ("##fileformat=VCFv4.2\n##contig=<ID=1,length=100000>\n"
+              "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\tP1\tP2\n")
+    rows = [f"1\t{pos}\t.\tA\tG\t50\tPASS\tNOTE={'x' * (40_000 if pos == 30 else 10)}\tGT\t0/1\t0/0\n"
+            for pos in range(1, 41)]
+    path = tmp_path / "huge-note.vcf"
+    path.write_text(header + "".join(rows))
+    producer = ingest_producer(kafka, batch_size=10, max_message_bytes=20_000)
+    try:
+        result = producer.ingest_vcf(path, "center-a", "dataset-1")
+    finally:
+        producer.close()
+    assert not result.ok and "exceeds the 20000 byte limit" in result.error and result.error.startswith(path.name)
+    evs = events_by_file(kafka)[result.file_id]
+    # batches of 10, the third cut short before the 30th record, which no event can hold
+    assert [(s, v.get("phase")) for s, v, _ in evs] == [(MANIFEST, "START"), *[(BATCH, None)] * 3,
+                                                        (MANIFEST, "FAILED")]
+    assert [v["record_count"] for s, v, _ in evs if s == BATCH] == [10, 10, 9]
+    failed = evs[-1][1]
+    assert (failed["record_count"], failed["batch_count"]) == (29, 3) == (result.records, result.batches)
+    [(_, letter)] = kafka.decode_all("gdx.ops.deadletters.v1")
+    assert (letter["reason_code"], letter["file_id"]) == ("too-large", result.file_id)
