@@ -30,8 +30,9 @@ RUN pip install --no-deps -e . \
 USER gdx
 # Runtime state (consumer state, index, keys); docker-compose.yml mounts a named volume here.
 VOLUME ["/var/lib/gdx"]
-# Metrics and /health of the services (9101-9105), Beacon API (5050), index query API (5060).
-EXPOSE 9101 9102 9103 9104 9105 5050 5060
+# Metrics and /health of the services (9101-9105) and of publish's feed worker (9106), Beacon API (5050),
+# index query API (5060).
+EXPOSE 9101 9102 9103 9104 9105 9106 5050 5060
 
 ENTRYPOINT ["gdx"]
 CMD ["--help"]

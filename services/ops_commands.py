@@ -35,7 +35,14 @@ OPTIONAL_GROUPS = {
     "publish_feeds": ("gdx.publish.feeds",
                       ["gdx.released.variants.v1", "gdx.released.clinical.v1", "gdx.released.retractions.v1"]),
 }
-STATUS_PORTS = {**METRICS_PORTS, "publish_feeds": 9106}
+
+
+def status_ports() -> dict[str, int]:
+    """status row -> its default /metrics port: the services' (gdx.common.service) and the feed worker's."""
+    from gdx.publish.settings import PublishSettings
+
+    feeds = {f.name: f for f in dataclasses.fields(PublishSettings)}["feeds_metrics_port"].default
+    return {**METRICS_PORTS, "publish_feeds": int(str(feeds))}
 
 
 def _groups() -> dict[str, tuple[str, list[str], bool]]:
@@ -74,7 +81,7 @@ class StatusSettings(Settings):
 
     def service_urls(self) -> dict[str, str]:
         """service -> base URL of its /metrics and /health."""
-        urls = {name: f"http://127.0.0.1:{port}" for name, port in STATUS_PORTS.items()}
+        urls = {name: f"http://127.0.0.1:{port}" for name, port in status_ports().items()}
         for entry in self.endpoints:
             name, sep, url = entry.partition("=")
             name = name.strip()

@@ -129,10 +129,12 @@ def test_prometheus_and_grafana_mount_the_repo_configuration(compose):
     # Prometheus' compose targets are the compose services, on the ports their healthchecks use
     prom = _yaml(REPO / "ops" / "prometheus" / "prometheus.compose.yml")
     for job in prom["scrape_configs"]:
-        [target] = job["static_configs"][0]["targets"]
-        host, port = target.split(":")
-        assert host in services, f"Prometheus scrapes {host}, which is no compose service"
-        assert f"127.0.0.1:{port}/health" in " ".join(services[host]["healthcheck"]["test"])
+        for target in job["static_configs"][0]["targets"]:  # publish: the API and its feed worker
+            host, port = target.split(":")
+            assert host in services, f"Prometheus scrapes {host}, which is no compose service"
+            assert f"127.0.0.1:{port}/health" in " ".join(services[host]["healthcheck"]["test"])
+            assert port in {str(v) for k, v in services[host]["environment"].items() if k.endswith("METRICS_PORT")}, \
+                f"{host}: Prometheus scrapes port {port}, which no GDX_*_METRICS_PORT of the service sets"
 
 
 def test_named_volumes_are_declared(compose):
@@ -153,3 +155,17 @@ def test_dockerfile_builds_the_project_with_entrypoint_gdx():
     ignored = (REPO / ".dockerignore").read_text().split()
     for path in (".git", ".venv", ".cache", ".run"):
         assert path in ignored, f".dockerignore must exclude {path}"
+
+
+def test_gdx_status_in_the_compose_network_reaches_every_service_by_name(compose):
+    """`docker compose run --rm topics status`: each status row points at a compose service's health port."""
+    from gdx.ops_commands import StatusSettings
+
+    services = compose["services"]
+    settings = StatusSettings.from_env({k: str(v) for k, v in services["topics"]["environment"].items()})
+    for row, url in settings.service_urls().items():
+        host, port = url.removeprefix("http://").split(":")
+        assert host in services, f"{row}: {host} is no compose service"
+        assert f"127.0.0.1:{port}/health" in " ".join(services[host]["healthcheck"]["test"]), row
+    [index_url] = settings.index_urls
+    assert index_url == f"http://index:{services['index']['environment']['GDX_INDEX_QUERY_PORT']}"

@@ -179,6 +179,14 @@ def test_alerts_carry_severity_summary_and_description():
 # -- scrape configs -------------------------------------------------------------------------------
 
 
+def _feeds_port() -> int:
+    import dataclasses
+
+    from gdx.publish.settings import PublishSettings
+
+    return int({f.name: f for f in dataclasses.fields(PublishSettings)}["feeds_metrics_port"].default)
+
+
 def test_scrape_configs_have_one_job_per_service_on_its_metrics_port():
     from gdx.common.service import METRICS_PORTS
 
@@ -190,8 +198,9 @@ def test_scrape_configs_have_one_job_per_service_on_its_metrics_port():
             job = jobs[service]
             assert job.get("honor_labels") is True, f"{config.name} {service}: honor_labels keeps gdx's own service label"
             [static] = job["static_configs"]
-            expected = f"127.0.0.1:{port}" if host is None else f"{service}:{port}"
-            assert static["targets"] == [expected], f"{config.name} {service}"
+            ports = [port, _feeds_port()] if service == "publish" else [port]  # publish: API and feed worker
+            expected = [f"127.0.0.1:{p}" if host is None else f"{service}:{p}" for p in ports]
+            assert static["targets"] == expected, f"{config.name} {service}"
             assert static["labels"] == {"service": service}, f"{config.name} {service}"
         assert [Path(p).name for p in doc["rule_files"]] == ["recording.yml", "alerts.yml"]
 
