@@ -232,11 +232,11 @@ class IndexApp:
         with self._ownership:
             owned = sorted(self._owned)
         if consumer is not None and owned:
-            positions = self.handler.store.positions()
-            tps = {TopicPartition(self.topics.name(t), p): (t, p) for t, p in owned}
+            # between polls every event before the consumer's position is applied (or dead-lettered)
+            tps = [TopicPartition(self.topics.name(t), p) for t, p in owned]
             try:
-                ends = consumer.end_offsets(list(tps))
-                self._rebuild_pending = sum(max(0, end - positions.get(tps[tp], 0)) for tp, end in ends.items())
+                ends = consumer.end_offsets(tps)
+                self._rebuild_pending = sum(max(0, end - consumer.position(tp)) for tp, end in ends.items())
             except (KafkaError, ValueError, AssertionError) as exc:
                 log.debug("end offsets unavailable", extra={"error": str(exc)})
         else:
