@@ -1016,7 +1016,10 @@ def _grouped(records: Iterator[dict[str, Any]], batch_size: int, byte_cap: int) 
 
 
 def record_bytes(record: dict[str, Any]) -> int:
-    """An upper estimate of a VariantRecord's Avro size: its byte arrays and texts plus fixed fields."""
+    """A VariantRecord's Avro size, over-estimated for ASCII text: byte arrays, texts, 256 for the rest.
+
+    Text is counted in characters; the producer still refuses an event over the limit (`too-large`).
+    """
     other = record["info"]["other"]
     return (256 + len(record["gt"]) + len(record["phased"]) + len(record["dp"] or b"") + len(record["gq"] or b"")
             + len(record["ad"] or b"") + len(record["ref"]) + sum(map(len, record["alts"]))
