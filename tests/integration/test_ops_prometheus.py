@@ -13,19 +13,13 @@ data too. Only "Retries" may stay empty: no transient error happens.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import pytest
 from gdx.common.envelope import Envelope
 from gdx.common.kafka import make_producer
 from gdx.common.metrics import HealthServer
@@ -34,48 +28,16 @@ from gdx.ingest.demo_data import generate
 
 from tests.integration.pipeline import anonymize, consent_gate, index, ingest_producer, publish
 from tests.kafka_harness import KafkaTestEnv, wait_for
+from tests.ops_support import (
+    PrometheusServer,
+    dashboard_queries,
+    prometheus_binaries,
+    scrape_config,
+    wait_scraped,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-PROM = REPO / "ops" / "prometheus"
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CENTER, DATASET = "demo-center", "demo-dataset"
-SCRAPE_S = 1.0
-
-
-def _dashboard_queries() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gdx_ops_dashboard_queries", REPO / "ops" / "dashboard_queries.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dq = _dashboard_queries()
-
-
-@pytest.fixture(scope="module")
-def prometheus_binary() -> Path:
-    """ops/install_prometheus.sh's prometheus (`make install` runs the script; it is idempotent)."""
-    try:
-        done = subprocess.run(["sh", str(REPO / "ops" / "install_prometheus.sh")], capture_output=True, text=True,
-                              timeout=600)
-    except OSError as exc:
-        done = subprocess.CompletedProcess([], 1, "", str(exc))
-    paths = dict(line.split("=", 1) for line in done.stdout.split() if "=" in line)
-    if done.returncode != 0 or "PROMETHEUS" not in paths:
-        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        message = f"Prometheus could not be installed by ops/install_prometheus.sh: {reason}"
-        if IN_CI:
-            pytest.fail(message + " (CI=true: the live-Prometheus check must run)")
-        pytest.skip(message)
-    return Path(paths["PROMETHEUS"])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+dq = dashboard_queries()
 
 
 def _get(url: str) -> Any:
@@ -92,19 +54,6 @@ def _status(url: str) -> int:
         return int(exc.code)
 
 
-def _scrape_config(targets: dict[str, str], path: Path) -> None:
-    """The repo's local scrape config with the live services' ports, a 1s interval and absolute rule paths."""
-    config = dq.load_yaml(PROM / "prometheus.yml")
-    config["global"].update({"scrape_interval": f"{SCRAPE_S:.0f}s", "scrape_timeout": f"{SCRAPE_S:.0f}s",
-                             "evaluation_interval": f"{SCRAPE_S:.0f}s"})
-    config["rule_files"] = [str(PROM / p) for p in config["rule_files"]]
-    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(targets) <= set(jobs), f"no scrape job for {set(targets) - set(jobs)}"
-    for name, job in jobs.items():
-        job["static_configs"][0]["targets"] = [targets[name]] if name in targets else []
-    path.write_text(json.dumps(config))
-
-
 def _metric(url: str, name: str, **labels: str) -> float:
     """Sum of a metric's samples on a /metrics page (label filter optional)."""
     total = 0.0
@@ -116,8 +65,8 @@ def _metric(url: str, name: str, **labels: str) -> float:
     return total
 
 
-def test_every_dashboard_panel_and_rule_answers_over_a_live_pipeline(kafka: KafkaTestEnv, prometheus_binary: Path,
-                                                                      tmp_path: Path):
+def test_every_dashboard_panel_and_rule_answers_over_a_live_pipeline(kafka: KafkaTestEnv, tmp_path: Path):
+    binary = prometheus_binaries()["prometheus"]  # skips outside CI if it cannot be installed; fails in CI
     demo = generate(tmp_path / "demo", samples=8, records=600, seed=5)
     producer = ingest_producer(kafka, batch_size=200)
     # the ingest service (drop box) serves its producer's metrics like this (gdx.ingest.app)
@@ -127,18 +76,14 @@ def test_every_dashboard_panel_and_rule_answers_over_a_live_pipeline(kafka: Kafk
     services: list[Any] = [anonymize(kafka).start(), consent_gate(kafka).start(), idx]
     pub = publish(kafka, [idx.query_url]).start()
     services.append(pub)
-    targets = {"ingest": f"127.0.0.1:{ingest_metrics.port}"}
+    targets = {"ingest": [f"127.0.0.1:{ingest_metrics.port}"]}
     for name, svc in zip(("anonymize", "consent_gate", "index", "publish"), services, strict=True):
         # a runner opens its metrics port once its thread has started
         url = wait_for(lambda svc=svc: svc.metrics_url, 60, what=f"{name} metrics endpoint")
-        targets[name] = url.removeprefix("http://")
-    _scrape_config(targets, tmp_path / "prometheus.yml")
-    port = _free_port()
-    prom_url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "prometheus.log", "w")
-    prom = subprocess.Popen([str(prometheus_binary), f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=log)
+        targets[name] = [url.removeprefix("http://")]
+    scrape_config(targets, tmp_path / "prometheus.yml")
+    prometheus = PrometheusServer(binary, tmp_path / "prometheus.yml", tmp_path).start()
+    prom_url = prometheus.url
     try:
         # 1. data through the pipeline: consent, a VCF, phenopackets, one undecodable record
         with open(demo.consent) as f:
@@ -171,28 +116,14 @@ def test_every_dashboard_panel_and_rule_answers_over_a_live_pipeline(kafka: Kafk
         activity_done = time.time()
 
         # 4. Prometheus: every target up, scraped and rules evaluated twice since the activity ended
-        def settled() -> bool:
-            assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()
-            try:
-                ups = dq.instant_query(prom_url, "up")
-                groups = _get(prom_url + "/api/v1/rules")["data"]["groups"]
-            except (dq.QueryError, OSError):
-                return False
-            evaluated = [r.get("lastEvaluation", "") for g in groups for r in g["rules"]]
-            scraped = dq.instant_query(prom_url, "timestamp(up)")  # when each target was last scraped
-            return (len(ups) == len(targets) and all(u["value"][1] == "1" for u in ups)
-                    and all(float(u["value"][1]) > activity_done + 2 * SCRAPE_S for u in scraped)
-                    and bool(evaluated) and all(_after(e, activity_done + 2 * SCRAPE_S) for e in evaluated))
-
-        wait_for(settled, 90, interval=0.5, what="Prometheus scraping every service after the run")
-        time.sleep(2 * SCRAPE_S)  # a last scrape and rule round, so rates see the final counters
+        wait_scraped(prometheus, len(targets), activity_done)
+        time.sleep(2)  # a last scrape and rule round, so rates see the final counters
 
         # 5. every panel and rule answers; key panels (and those of the dead letter and revocation) have data
         problems = dq.check(prom_url, interval="1m", range_="10m", caused=True)
         assert problems == [], "\n".join(f"{s}: {p}" for s, p in problems)
-        for group in _get(prom_url + "/api/v1/rules")["data"]["groups"]:
-            for rule in group["rules"]:
-                assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
+        for rule in prometheus.rules():
+            assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
 
         # 6. what the panels show is the run's truth
         def series(expr: str, label: str) -> dict[str, float]:
@@ -222,29 +153,10 @@ def test_every_dashboard_panel_and_rule_answers_over_a_live_pipeline(kafka: Kafk
         e2e = dq.instant_query(prom_url, 'gdx_end_to_end_seconds_count{service="index"}')
         assert e2e and float(e2e[0]["value"][1]) >= result.batches
     finally:
-        prom.terminate()
-        try:
-            prom.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            prom.kill()
-            prom.wait()
-        log.close()
+        prometheus.stop()
         pub.stop()
         for svc in services[:3]:
             svc.stop()
         ingest_metrics.stop()
         producer.close()
-
-
-def _after(rfc3339: str, epoch: float) -> bool:
-    """Prometheus' lastEvaluation (RFC 3339 with nanoseconds) is later than `epoch`."""
-    from datetime import datetime
-
-    if rfc3339.startswith("0001"):
-        return False
-    head, _, rest = rfc3339.partition(".")
-    zone = rest[rest.find("Z"):] if "Z" in rest else rest[-6:]
-    fraction = rest[: len(rest) - len(zone)][:6]
-    stamp = datetime.fromisoformat(f"{head}.{fraction or '0'}{'+00:00' if zone == 'Z' else zone}")
-    return stamp.timestamp() > epoch
 

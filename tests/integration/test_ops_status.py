@@ -15,9 +15,7 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from gdx.ingest.producer import IngestProducer
 from gdx.ingest.settings import IngestSettings
 
 from tests.kafka_harness import KafkaTestEnv, unique_prefix, wait_for
+from tests.ops_support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 GDX = str(REPO / ".venv" / "bin" / "gdx") if (REPO / ".venv" / "bin" / "gdx").exists() else shutil.which("gdx") or "gdx"
@@ -39,12 +38,6 @@ SERVICES = ("ingest", "anonymize", "consent_gate", "index", "publish")
 STREAMED = ("anonymize", "consent_gate", "index")  # the consumer groups gdx status reports lag for
 CENTER, DATASET = "demo-center", "demo-dataset"
 BAD_CORRELATION = "ops-status-garbage-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _http_ok(url: str) -> bool:
@@ -131,8 +124,8 @@ def deployment(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -
     root = tmp_path_factory.mktemp("ops-status")
     kafka = KafkaTestEnv(kafka_bootstrap, unique_prefix(), root / "run")
     kafka.apply_topics()
-    ports = {s: _free_port() for s in (*SERVICES, "publish_feeds")}  # publish_feeds: gdx serve publish's feed worker
-    query_port, api_port = _free_port(), _free_port()
+    ports = {s: free_port() for s in (*SERVICES, "publish_feeds")}  # publish_feeds: gdx serve publish's feed worker
+    query_port, api_port = free_port(), free_port()
     inbox, logs = root / "inbox", root / "run" / "logs"
     logs.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GDX_")}

@@ -6,14 +6,14 @@ Prometheus and Grafana with the repo's configuration. No Docker daemon is needed
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.ops_support import dashboard_queries
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -21,17 +21,8 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PIPELINE = ("ingest", "anonymize", "consent_gate", "index", "publish")
 
 
-def _dashboard_queries():
-    spec = importlib.util.spec_from_file_location("gdx_ops_dashboard_queries", REPO / "ops" / "dashboard_queries.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _yaml(path: Path):
-    dq = _dashboard_queries()
+    dq = dashboard_queries()
     try:
         return dq.load_yaml(path)
     except dq.QueryError as e:

@@ -10,73 +10,48 @@ missing). Without apt these tests skip, except under CI=true where they fail.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-OPS = REPO / "ops"
-PROM = OPS / "prometheus"
+from tests.ops_support import (
+    OPS,
+    PROM,
+    PrometheusServer,
+    dashboard_queries,
+    ops_module,
+    prometheus_binaries,
+    scrape_config,
+    unavailable,
+    wait_scraped,
+)
+
 RULE_FILES = sorted((PROM / "rules").glob("*.yml"))
 TEST_FILES = sorted((PROM / "tests").glob("*.yml"))
 CONFIGS = [PROM / "prometheus.yml", PROM / "prometheus.compose.yml"]
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 SEVERITIES = {"critical", "warning"}
 
-
-def _module(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-dq = _module("gdx_ops_dashboard_queries", OPS / "dashboard_queries.py")
-build_dashboards = _module("gdx_ops_build_dashboards", OPS / "grafana" / "build_dashboards.py")
-
-
-def _unavailable(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message + " (CI=true: these checks must run)")
-    pytest.skip(message)
+dq = dashboard_queries()
+build_dashboards = ops_module("gdx_ops_build_dashboards", OPS / "grafana" / "build_dashboards.py")
 
 
 def _yaml(path: Path) -> object:
     try:
         return dq.load_yaml(path)
     except dq.QueryError as e:
-        _unavailable(str(e))
+        unavailable(str(e))
 
 
 @pytest.fixture(scope="module")
 def prometheus_bins() -> dict[str, Path]:
     """{'prometheus': path, 'promtool': path}, installing Debian's package into .cache if needed."""
-    cached = Path(os.environ.get("GDX_PROMETHEUS_DIR") or REPO / ".cache" / "prometheus") / "usr" / "bin"
-    if (cached / "promtool").is_file() and (cached / "prometheus").is_file():
-        return {"prometheus": cached / "prometheus", "promtool": cached / "promtool"}
-    if shutil.which("promtool") and shutil.which("prometheus"):
-        return {"prometheus": Path(shutil.which("prometheus")), "promtool": Path(shutil.which("promtool"))}
-    if not shutil.which("apt-get"):
-        _unavailable("promtool not found and no apt-get to install it (ops/install_prometheus.sh)")
-    done = subprocess.run(["sh", str(OPS / "install_prometheus.sh")], capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        _unavailable(f"ops/install_prometheus.sh failed (apt unreachable?): {last}")
-    paths = dict(line.split("=", 1) for line in done.stdout.split() if "=" in line)
-    return {"prometheus": Path(paths["PROMETHEUS"]), "promtool": Path(paths["PROMTOOL"])}
+    return prometheus_binaries()
 
 
 def _promtool(bins: dict[str, Path], *args: str | Path, cwd: Path = PROM) -> subprocess.CompletedProcess[str]:
@@ -292,12 +267,6 @@ def test_queries_use_only_metrics_and_labels_gdx_exports():
 # -- a real Prometheus against stand-in services --------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _stand_in_metrics(service: str):
     """A Metrics registry holding the samples a pipeline run gives `service` (every kind, every label)."""
     from gdx.common.metrics import Metrics
@@ -331,11 +300,6 @@ def _stand_in_metrics(service: str):
     return m
 
 
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as answer:
-        return json.load(answer)
-
-
 def test_prometheus_answers_every_query_over_gdx_metrics(prometheus_bins, tmp_path):
     """Prometheus scrapes five stand-in services (the real Metrics class and HealthServer) with the
     local scrape config's jobs and rules; every dashboard and rule query must run without error, every
@@ -343,57 +307,20 @@ def test_prometheus_answers_every_query_over_gdx_metrics(prometheus_bins, tmp_pa
     from gdx.common.metrics import HealthServer
     from gdx.common.service import METRICS_PORTS
 
-    servers = []
-    proc = None
+    servers = {service: HealthServer(_stand_in_metrics(service), "127.0.0.1", 0, lambda: {"status": "ok"}).start()
+               for service in METRICS_PORTS}
     try:
-        for service in METRICS_PORTS:
-            servers.append(HealthServer(_stand_in_metrics(service), "127.0.0.1", 0,
-                                        lambda: {"status": "ok"}).start())
-        config = _yaml(PROM / "prometheus.yml")
-        config["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"})
-        config["rule_files"] = [str(PROM / p) for p in config["rule_files"]]
-        for job, server in zip(config["scrape_configs"], servers, strict=True):
-            job["static_configs"][0]["targets"] = [f"127.0.0.1:{server.port}"]
-        (tmp_path / "prometheus.yml").write_text(json.dumps(config))
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = subprocess.Popen(
-            [str(prometheus_bins["prometheus"]), f"--config.file={tmp_path / 'prometheus.yml'}",
-             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-             "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
-        deadline = time.monotonic() + 60
-        while True:  # five targets up, scraped at least three times (rates need two samples)
-            assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
-            try:
-                result = dq.instant_query(url, "count_over_time(up[1m]) >= 3 and up == 1")
-                rules = _get_json(url + "/api/v1/rules")["data"]["groups"]
-                # a rule not evaluated yet has the zero time as lastEvaluation
-                evaluated = rules and all(not r.get("lastEvaluation", "0001").startswith("0001")
-                                          for g in rules for r in g["rules"])
-                if len(result) == len(servers) and evaluated:
-                    break
-            except (dq.QueryError, OSError):
-                pass
-            assert time.monotonic() < deadline, "Prometheus did not scrape the stand-in services within 60s"
-            time.sleep(0.5)
-        time.sleep(2)  # a couple of rule evaluations over the scraped data
-
-        problems = dq.check(url, interval="1m", range_="5m")
-        assert problems == [], "\n".join(f"{s}: {p}" for s, p in problems)
-        for group in _get_json(url + "/api/v1/rules")["data"]["groups"]:
-            for rule in group["rules"]:
+        scrape_config({s: [f"127.0.0.1:{server.port}"] for s, server in servers.items()}, tmp_path / "prometheus.yml")
+        started = time.time()
+        with PrometheusServer(prometheus_bins["prometheus"], tmp_path / "prometheus.yml", tmp_path) as prometheus:
+            wait_scraped(prometheus, len(servers), started, timeout=60)
+            problems = dq.check(prometheus.url, interval="1m", range_="5m")
+            assert problems == [], "\n".join(f"{s}: {p}" for s, p in problems)
+            for rule in prometheus.rules():
                 assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
-        # a healthy pipeline fires no alert (GdxDeadLettersRising etc. stay quiet)
-        firing = dq.instant_query(url, 'ALERTS{alertstate="firing"}')
-        assert firing == [], firing
+            # a healthy pipeline fires no alert (GdxDeadLettersRising etc. stay quiet)
+            firing = dq.instant_query(prometheus.url, 'ALERTS{alertstate="firing"}')
+            assert firing == [], firing
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for server in servers:
+        for server in servers.values():
             server.stop()
