@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from gdx.common.kafka import client_config
 from gdx.index.app import RELEASED_CLINICAL, RELEASED_VARIANTS, RETRACTIONS
 from gdx.ingest.consent import grant_record, revoke_record
 from gdx.ingest.demo_data import GRCH38_LENGTHS, generate
@@ -54,7 +55,7 @@ class Released:
 
     def __init__(self, kafka: KafkaTestEnv):
         self.kafka = kafka
-        self.consumer = KafkaConsumer(bootstrap_servers=kafka.bootstrap, group_id=None)
+        self.consumer = KafkaConsumer(**client_config(kafka.bootstrap), group_id=None)
         self.tps: dict[TopicPartition, tuple[str, int]] = {}
         for logical in (RELEASED_VARIANTS, RELEASED_CLINICAL, RETRACTIONS):
             name = kafka.topic(logical)
