@@ -71,6 +71,7 @@ KEY_PANELS: dict[str, frozenset[str]] = {
         "Requests by status",
         "Index size: variants",
         "Index size: participants",
+        "Index size: participants per dataset",
     }),
 }
 

@@ -167,8 +167,8 @@ def pipeline() -> dict:
         Panel("Processing latency p50 / p99", "Time to handle one event (gdx_processing_seconds).",
               [Target(q(0.5, "gdx_processing_seconds", "service", SVC), "{{service}} p50"),
                Target(q(0.99, "gdx_processing_seconds", "service", SVC), "{{service}} p99")], unit="s"),
-        Panel("Files in flight / complete", "Files by state: in_flight (START manifest seen, no END yet), "
-              "complete, failed.",
+        Panel("Files in flight / complete", "Files by state: in_flight (ingest: being read; index: START seen, not "
+              "every batch indexed yet), complete, failed.",
               [Target(f"sum by (service, state) (gdx_files{{{SVC}}})", "{{service}} {{state}}")], unit="short"),
         Panel("End-to-end latency p50 / p99", "From ingest (event creation) to this service's output being "
               "visible (gdx_end_to_end_seconds).",
@@ -237,6 +237,9 @@ def api() -> dict:
               [Target("max by (service) (gdx_index_variants)", "{{service}}")], unit="short"),
         Panel("Index size: participants", "Participants with released data in the index.",
               [Target("max by (service) (gdx_index_participants)", "{{service}}")], unit="short"),
+        Panel("Index size: participants per dataset", "Participants with released data in the index, per dataset "
+              "(gdx_index_dataset_participants, summed over index workers: each holds its partitions' share).",
+              [Target("sum by (dataset) (gdx_index_dataset_participants)", "{{dataset}}")], unit="short"),
     ]
     return dashboard("gdx-api", "gdx / API", "Beacon and index API traffic, latency and index size.", panels, True)
 

@@ -72,7 +72,7 @@ def test_every_dashboard_panel_and_rule_answers_over_a_live_pipeline(kafka: Kafk
     # the ingest service (drop box) serves its producer's metrics like this (gdx.ingest.app)
     ingest_metrics = HealthServer(producer.metrics, "127.0.0.1", 0, lambda: {"status": "ok"}).start()
     producer.metrics.up.labels("ingest").set(1)
-    idx = index(kafka).start()
+    idx = index(kafka, size_interval_s=1.0).start()  # size and file gauges refreshed within the short run
     services: list[Any] = [anonymize(kafka).start(), consent_gate(kafka).start(), idx]
     pub = publish(kafka, [idx.query_url]).start()
     services.append(pub)
@@ -136,6 +136,10 @@ def test_every_dashboard_panel_and_rule_answers_over_a_live_pipeline(kafka: Kafk
         assert {(a["metric"]["alertname"], a["metric"].get("service"), a["metric"].get("reason")) for a in firing} \
             == {("GdxDeadLettersRising", "anonymize", "decode")}
         assert series('gdx_files{service="ingest"}', "state") == {"in_flight": 0.0, "complete": 1.0}
+        assert series('gdx_files{service="index"}', "state") == {"in_flight": 0.0, "complete": 1.0, "failed": 0.0}
+        assert series("gdx_index_variants", "service")["index"] > 0
+        per_dataset = series("gdx_index_dataset_participants", "dataset")
+        assert set(per_dataset) == {DATASET} and 0 < per_dataset[DATASET] <= len(granted), per_dataset
         lag = series("sum by (service) (gdx_consumer_lag)", "service")
         assert set(lag) == {"anonymize", "consent_gate", "index"} and set(lag.values()) == {0.0}, lag
         # consent_gate reads the consent topic outside its group: its lag and events are exported too

@@ -294,6 +294,7 @@ def _stand_in_metrics(service: str):
     if service == "index":
         m.index_variants.labels(service=service).set(1000)
         m.index_participants.labels(service=service).set(10)
+        m.index_dataset_participants.labels(service=service, dataset="demo-dataset").set(10)
     if service in ("index", "publish"):
         m.api_requests.labels(service=service, endpoint="/g_variants", status="200").inc(3)
         m.api_seconds.labels(service=service, endpoint="/g_variants").observe(0.02)
