@@ -206,7 +206,15 @@ async def serve(settings: PublishSettings) -> int:
     server = PublishServer(settings)
     await server.start()
     codes: list[int] = []
-    worker = threading.Thread(target=lambda: codes.append(feeds.run()), name="feeds", daemon=True)
+
+    def work() -> None:
+        try:
+            codes.append(feeds.run())
+        except Exception:  # noqa: BLE001 - the process must end so its supervisor restarts it
+            log.exception("feed worker failed")
+            codes.append(1)
+
+    worker = threading.Thread(target=work, name="feeds", daemon=True)
     if feeds is not None:
         worker.start()
     stop = asyncio.Event()

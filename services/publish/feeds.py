@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from gdx.common.envelope import stable_id
-from gdx.common.errors import ConfigurationError, PermanentError
+from gdx.common.errors import ConfigurationError, PermanentError, TransientError
 from gdx.common.metrics import now_ms
 from gdx.common.runner import Event, Output
 from gdx.consent_gate.gate import slice_records
+from kafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +251,9 @@ class FeedStore:
     def commit(self) -> None:
         self.db.commit()
 
+    def rollback(self) -> None:
+        self.db.rollback()
+
     def close(self) -> None:
         self.db.commit()
         self.db.close()
@@ -277,16 +281,28 @@ class FeedHandler:
         self._filters: dict[str, Callable[[str, tuple[str, ...]], bool]] = {}
         self.pending = 0
         self._started = False
+        self._retry: dict[str, Subscription] | None = None
 
     # -- runner interface -------------------------------------------------------------------------
     def handle(self, event: Event) -> list[Output]:
         first = [] if self._started else self.tick()  # subscribers are known before the first event
-        self._started = True
         return first + self.apply(event.schema, event.value, event.envelope.correlation_id or None)
 
     def tick(self) -> list[Output]:
-        subs = self.subscriptions()
-        return self.resubscribe(subs) if subs is not None else []
+        subs = self._retry if self._retry is not None else self.subscriptions()
+        if subs is None:
+            return []
+        active = dict(self.active)
+        try:
+            outputs = self.resubscribe(subs)
+        except BaseException:
+            # all or nothing: the runner retries a transient error, and then the same change is redone
+            self.store.rollback()
+            self.active, self._retry = active, subs
+            raise
+        self._retry = None
+        self._started = True
+        return outputs
 
     def commit(self) -> None:
         self.store.commit()
@@ -390,7 +406,6 @@ class FeedHandler:
         """Brings the active set in line with `subs`: a new subscriber gets the current state; a changed
         subscription first retracts everything it was given; a removed one gets nothing more; one that
         comes back gets the retractions it missed, then the current state."""
-        self._started = True
         known = self.store.subscribers()
         outputs: list[Output] = []
         for name in list(self.active):
@@ -475,6 +490,12 @@ class ReleasedHistory:
         self.make_consumer = make_consumer
 
     def __call__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        try:
+            yield from self._read()
+        except KafkaError as exc:
+            raise TransientError(f"could not read the released history: {exc}") from exc
+
+    def _read(self) -> Iterator[tuple[str, dict[str, Any]]]:
         from kafka import TopicPartition
 
         reader = self.make_consumer(self.settings, None, "gdx.publish.feeds.backfill", max_poll_records=200)
@@ -492,8 +513,6 @@ class ReleasedHistory:
                 deadline = time.monotonic() + 600
                 while any(reader.position(tp) < upto[tp] for tp in tps):
                     if time.monotonic() > deadline:
-                        from gdx.common.errors import TransientError
-
                         raise TransientError(f"could not read {logical} back to the feed worker's position")
                     for tp, recs in reader.poll(timeout_ms=500).items():
                         for rec in recs:
@@ -513,7 +532,10 @@ def ensure_feed_topic(settings: Any, topics: Any) -> Callable[[str], None]:
 
     def ensure(logical: str) -> None:
         if logical not in made:
-            apply_topics(settings, TopicCatalog([topics.spec(logical)], [], topics.prefix))
+            try:
+                apply_topics(settings, TopicCatalog([topics.spec(logical)], [], topics.prefix))
+            except KafkaError as exc:
+                raise TransientError(f"could not create feed topic {logical}: {exc}") from exc
             made.add(logical)
 
     return ensure

@@ -20,7 +20,7 @@ from gdx.publish.auth import dev_token
 from gdx.publish.feeds import Subscription, SubscriptionFile
 
 from tests.integration.pipeline import anonymize, consent_gate, feeds, index, ingest_producer, publish
-from tests.integration.test_pipeline_consent import pseudonym_of
+from tests.integration.test_pipeline_consent import pseudonym_of, released_participants
 from tests.kafka_harness import KafkaTestEnv, wait_for
 
 CENTER, DATASET = "demo-center", "demo-dataset"
@@ -181,8 +181,12 @@ def test_beacon_counts_for_two_purposes_differ_exactly_as_consent_says(kafka: Ka
     everyone = len(cohort.consent)
     individuals = "/individuals?requestedGranularity=record&limit=100"
     try:
-        wait_for(lambda: get("/individuals?requestedGranularity=count")[1].get("responseSummary", {}).get(
-            "numTotalResults") == everyone, 120, what="every consented participant indexed")
+        ids = cohort.ids()
+        wait_for(lambda: {p: b for p, b in released_participants(kafka).items()} == {
+            ids[s]: set(range(cohort.batches)) for s in cohort.consent}, 90, what="every participant released")
+        released = len(kafka.read_all("gdx.released.variants.v1", "gdx.released.clinical.v1"))
+        wait_for(lambda: idx.runner.stats.processed >= released, 60, what="the index caught up")
+        assert get("/individuals?requestedGranularity=count")[1]["responseSummary"]["numTotalResults"] == everyone
         status, anonymous = get("/g_variants?referenceName=chr1&start=0&end=300000000&requestedGranularity=count")
         assert status == 200 and anonymous["responseSummary"]["numTotalResults"] > 0
         for who, token in tokens.items():

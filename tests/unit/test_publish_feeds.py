@@ -254,3 +254,24 @@ def test_bad_subscriptions_are_refused_naming_the_problem(name: str, datasets: t
                                                           complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint):
         Subscription(name, datasets, purpose)
+
+
+def test_a_failed_subscription_change_is_redone_whole_on_the_next_try(tmp_path: Path) -> None:
+    from gdx.common.errors import TransientError
+
+    feeds = Feeds(tmp_path / "f.sqlite", [HMB_FOR_PROFIT])
+    feeds.send("org.gdx.ReleasedVariantBatch", batch(list(CONSENT)))
+    broker_down = [True]
+
+    def ensure(topic: str) -> None:
+        if broker_down[0] and topic == "gdx.feed.uni.v1":
+            raise TransientError("broker unavailable")
+
+    feeds.handler.ensure_topic = ensure
+    feeds._pending = {"pharma": HMB_FOR_PROFIT, "uni": DS_NOT_FOR_PROFIT}
+    with pytest.raises(TransientError):
+        feeds.tick()
+    broker_down[0] = False
+    out = feeds.tick()  # the runner's retry: the same change, nothing of the failed attempt kept
+    assert who(out, "uni") == FOR_UNI and on_feed(out, "pharma") == []
+    assert feeds.tick() == []
