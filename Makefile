@@ -57,6 +57,10 @@ test-unit: $(BIN)/gdx ## unit tests only (no broker)
 test-int: install ## integration tests against a real broker
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
+.PHONY: test-resilience
+test-resilience: install ## crash, broker-failure, rebalance and reconciliation tests only (also part of `make test`)
+	$(BIN)/pytest tests -m resilience $(PYTEST_ARGS)
+
 .PHONY: lint
 lint: $(BIN)/gdx ## ruff and mypy
 	$(BIN)/ruff check services tests bench
