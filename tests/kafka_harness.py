@@ -7,7 +7,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gdx.common.avro import SchemaCatalog
@@ -48,11 +48,12 @@ class KafkaTestEnv:
     bootstrap: str
     prefix: str
     run_dir: Any
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. GDX_KAFKA_SECURITY and credentials
 
     @property
     def env(self) -> dict[str, str]:
         return {"GDX_KAFKA_BOOTSTRAP": self.bootstrap, "GDX_TOPIC_PREFIX": self.prefix,
-                "GDX_RUN_DIR": str(self.run_dir), "GDX_SCHEMA_DIR": str(REPO_ROOT / "schemas")}
+                "GDX_RUN_DIR": str(self.run_dir), "GDX_SCHEMA_DIR": str(REPO_ROOT / "schemas"), **self.extra_env}
 
     def settings(self, cls: type[ServiceSettings] = ServiceSettings, **overrides: Any) -> Any:
         return cls.from_env(self.env, **overrides)
@@ -72,7 +73,7 @@ class KafkaTestEnv:
         apply_topics(self.settings(), self.topics, extra=extra)
 
     def consumer(self, *logical: str, group: str | None = None) -> KafkaConsumer:
-        c = KafkaConsumer(**client_config(self.bootstrap), group_id=group, enable_auto_commit=False,
+        c = KafkaConsumer(**client_config(self.bootstrap, self.settings()), group_id=group, enable_auto_commit=False,
                           auto_offset_reset="earliest", consumer_timeout_ms=1000)
         tps = []
         for name in logical:

@@ -174,4 +174,20 @@ def apply_acls(admin: Any, catalog: TopicCatalog, subscribers: Iterable[str] = (
         for _, _, error in admin.delete_acls([_to_acl(g) for g in delete]):
             if error is not NoError:
                 raise KafkaError(f"deleting ACLs failed: {error}")
+    if create or delete:
+        _wait_effective(admin, catalog, wanted)
     return AclChanges(create, delete, len(wanted & have))
+
+
+def _wait_effective(admin: Any, catalog: TopicCatalog, wanted: set[Grant], timeout_s: float = 30.0) -> None:
+    """Return once the broker's authorizer holds exactly `wanted`: it applies the metadata log a moment after the
+    controller accepted the change, and a service started before that would be refused its own topics."""
+    import time
+
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout_s
+    while {g for g in current_grants(admin) if in_scope(g, catalog)} != wanted:
+        if time.monotonic() > deadline:
+            raise KafkaError(f"the broker did not apply the ACLs within {timeout_s:.0f}s")
+        time.sleep(0.2)
