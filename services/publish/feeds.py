@@ -37,6 +37,7 @@ RELEASED_VARIANTS, RELEASED_CLINICAL = "gdx.released.variants.v1", "gdx.released
 RETRACTIONS = "gdx.released.retractions.v1"
 AUDIT = "gdx.audit.events.v1"
 FEED_TEMPLATE = "gdx.feed.{subscriber}.v1"
+BACKFILL_EVENTS = 100  # released events replayed per runner tick for each new subscriber
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 
 
@@ -189,7 +190,7 @@ class FeedStore:
         self.db.executescript("""
             PRAGMA journal_mode=WAL;
             CREATE TABLE IF NOT EXISTS subscriber (name TEXT PRIMARY KEY, generation TEXT NOT NULL,
-                                                   active INTEGER NOT NULL);
+                                                   active INTEGER NOT NULL, backfilled INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS retraction (dataset TEXT, participant TEXT, at INTEGER NOT NULL,
                                                    PRIMARY KEY (dataset, participant));
             CREATE TABLE IF NOT EXISTS delivered (subscriber TEXT, dataset TEXT, participant TEXT,
@@ -198,12 +199,14 @@ class FeedStore:
         """)
         self._retracted = {(d, p): at for d, p, at in self.db.execute("SELECT * FROM retraction")}
 
-    def subscribers(self) -> dict[str, tuple[str, bool]]:
-        return {n: (g, bool(a)) for n, g, a in self.db.execute("SELECT name, generation, active FROM subscriber")}
+    def subscribers(self) -> dict[str, tuple[str, bool, bool]]:
+        """name -> (generation, active, backfilled)."""
+        return {n: (g, bool(a), bool(b)) for n, g, a, b in self.db.execute("SELECT * FROM subscriber")}
 
-    def set_subscriber(self, name: str, generation: str, active: bool) -> None:
-        self.db.execute("INSERT INTO subscriber VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
-                        "generation=excluded.generation, active=excluded.active", (name, generation, int(active)))
+    def set_subscriber(self, name: str, generation: str, active: bool, backfilled: bool) -> None:
+        self.db.execute("INSERT INTO subscriber VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                        "generation=excluded.generation, active=excluded.active, backfilled=excluded.backfilled",
+                        (name, generation, int(active), int(backfilled)))
 
     def is_retracted(self, dataset: str, participant: str, consent_time: int) -> bool:
         at = self._retracted.get((dataset, participant))
@@ -282,6 +285,8 @@ class FeedHandler:
         self.pending = 0
         self._started = False
         self._retry: dict[str, Subscription] | None = None
+        self.wanted: dict[str, Subscription] = {}
+        self._backfills: dict[str, Any] = {}  # name -> generator of outputs still to send
 
     # -- runner interface -------------------------------------------------------------------------
     def handle(self, event: Event) -> list[Output]:
@@ -290,24 +295,33 @@ class FeedHandler:
 
     def tick(self) -> list[Output]:
         subs = self._retry if self._retry is not None else self.subscriptions()
-        if subs is None:
-            return []
-        active = dict(self.active)
         try:
-            outputs = self.resubscribe(subs)
+            outputs = self.resubscribe(subs) if subs is not None else []
+            self._started = True
+            outputs += self._backfill_step()
         except BaseException:
-            # all or nothing: the runner retries a transient error, and then the same change is redone
+            # The runner retries a transient error: start again from the saved state (what the feeds
+            # were given so far is committed; a backfill begun again resends with the same event ids).
             self.store.rollback()
-            self.active, self._retry = active, subs
+            self._reset()
+            self._retry = subs if subs is not None else dict(self.wanted)
             raise
         self._retry = None
-        self._started = True
         return outputs
+
+    def _reset(self) -> None:
+        for backfill in self._backfills.values():
+            backfill.close()
+        self._backfills.clear()
+        self.active.clear()
+        self._started = False
 
     def commit(self) -> None:
         self.store.commit()
 
     def close(self) -> None:
+        for backfill in self._backfills.values():
+            backfill.close()
         self.store.close()
 
     # -- events -----------------------------------------------------------------------------------
@@ -403,36 +417,40 @@ class FeedHandler:
 
     # -- subscriptions ----------------------------------------------------------------------------
     def resubscribe(self, subs: dict[str, Subscription]) -> list[Output]:
-        """Brings the active set in line with `subs`: a new subscriber gets the current state; a changed
-        subscription first retracts everything it was given; a removed one gets nothing more; one that
-        comes back gets the retractions it missed, then the current state."""
+        """Brings the feeds in line with `subs`, the saved state being the truth: a new subscriber gets
+        the current state; a changed subscription first retracts everything it was given; a removed one
+        gets nothing more; one that comes back gets the retractions it missed, then the current state."""
+        self.wanted = dict(subs)
         known = self.store.subscribers()
         outputs: list[Output] = []
-        for name in list(self.active):
-            if name not in subs:
+        for name, (generation, active, backfilled) in known.items():
+            if active and name not in subs:
                 log.info("subscriber removed: its feed gets nothing more", extra={"subscriber": name})
-                self.store.set_subscriber(name, self.active[name].generation, False)
-                del self.active[name]
+                self.store.set_subscriber(name, generation, False, backfilled)
+                self.active.pop(name, None)
+                self._stop_backfill(name)
         for name, sub in sorted(subs.items()):
             if self.active.get(name) == sub:
                 continue
-            generation, was_active = known.get(name, ("", False))
+            generation, active, backfilled = known.get(name, ("", False, False))
             self.ensure_topic(sub.topic)
             self._filters.pop(name, None)
+            self._stop_backfill(name)
             old = self.active.pop(name, None)
-            if generation == sub.generation and was_active and old is None:
-                self.active[name] = sub  # a restart: the feed is up to date to the committed positions
+            if generation == sub.generation and active:
+                self.active[name] = sub  # a restart: up to date to the committed positions
+                if not backfilled:
+                    self._backfills[name] = self._backfill(sub)  # cut short: start it again
                 continue
             if generation == sub.generation:
                 outputs += self._missed_retractions(sub)
             elif generation:
                 outputs += self._withdraw(name, generation, old.rule if old else "subscription changed")
             self.active[name] = sub
-            before = len(outputs)
-            outputs += self._backfill(sub)
-            self.store.set_subscriber(name, sub.generation, True)
-            log.info("subscriber active", extra={"subscriber": name, "topic": sub.topic,
-                                                 "backfilled": (len(outputs) - before) // 2})
+            self.store.set_subscriber(name, sub.generation, True, False)
+            self._backfills[name] = self._backfill(sub)
+            log.info("subscriber active: sending the current state", extra={"subscriber": name, "topic": sub.topic})
+        self.pending = len(self._backfills)
         return outputs
 
     def _missed_retractions(self, sub: Subscription) -> list[Output]:
@@ -458,12 +476,35 @@ class FeedHandler:
             outputs += self._retract(was, value, items, None)  # type: ignore[arg-type]
         return outputs
 
-    def _backfill(self, sub: Subscription) -> list[Output]:
-        outputs: list[Output] = []
+    def _backfill(self, sub: Subscription) -> Iterator[list[Output]]:
+        """The subscriber's current state from the released history, one event's outputs at a time (the
+        history ends where the worker's live stream began, which the subscriber gets meanwhile)."""
+        sent = 0
         for schema, value in self.history():
-            if schema != "org.gdx.Retraction":
-                outputs += self.apply(schema, value, None, only=[sub])
+            outputs = self.apply(schema, value, None, only=[sub])
+            sent += len(outputs) // 2
+            yield outputs
+        self.store.set_subscriber(sub.name, sub.generation, True, True)
+        log.info("subscriber caught up", extra={"subscriber": sub.name, "backfilled": sent})
+
+    def _backfill_step(self) -> list[Output]:
+        """Up to BACKFILL_EVENTS history events per tick, so a large history never sits in memory and
+        the live stream keeps flowing meanwhile."""
+        outputs: list[Output] = []
+        for name in list(self._backfills):
+            for _ in range(BACKFILL_EVENTS):
+                step = next(self._backfills[name], None)
+                if step is None:
+                    del self._backfills[name]
+                    break
+                outputs += step
+        self.pending = len(self._backfills)
         return outputs
+
+    def _stop_backfill(self, name: str) -> None:
+        backfill = self._backfills.pop(name, None)
+        if backfill is not None:
+            backfill.close()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -275,3 +275,25 @@ def test_a_failed_subscription_change_is_redone_whole_on_the_next_try(tmp_path: 
     out = feeds.tick()  # the runner's retry: the same change, nothing of the failed attempt kept
     assert who(out, "uni") == FOR_UNI and on_feed(out, "pharma") == []
     assert feeds.tick() == []
+
+
+def test_a_long_history_is_sent_in_steps_with_live_events_flowing_and_resumes_after_a_crash(tmp_path: Path) -> None:
+    from gdx.publish.feeds import BACKFILL_EVENTS
+
+    feeds = Feeds(tmp_path / "f.sqlite", [HMB_FOR_PROFIT])
+    for i in range(2 * BACKFILL_EVENTS + 10):
+        feeds.send("org.gdx.ReleasedVariantBatch", batch(list(CONSENT), index=i))
+    first = feeds.set([HMB_FOR_PROFIT, DS_NOT_FOR_PROFIT])
+    assert len(on_feed(first, "uni")) == BACKFILL_EVENTS and feeds.handler.pending == 1
+    live = feeds.send("org.gdx.ReleasedClinicalRecord", clinical("p-ds"))  # the new subscriber gets it at once
+    assert who(live, "uni") == {"p-ds"}
+    feeds.close()  # the worker dies half-way through the backfill
+
+    again = Feeds(tmp_path / "f.sqlite", [HMB_FOR_PROFIT, DS_NOT_FOR_PROFIT], history=feeds.history[:-1])
+    resent = []
+    while not resent or again.handler.pending:
+        resent += again.tick()
+    batches = [o for o in on_feed(resent, "uni") if o.schema == "org.gdx.ReleasedVariantBatch"]
+    assert sorted(o.value["batch_index"] for o in batches) == list(range(2 * BACKFILL_EVENTS + 10))
+    assert {o.event_id for o in on_feed(first, "uni")} <= {o.event_id for o in batches}  # same ids again
+    assert on_feed(resent, "pharma") == [] and again.tick() == []
