@@ -299,6 +299,9 @@ class IndexApp:
         raise KeyError(path)
 
 
+QUERY_ENDPOINTS = ("/variants", "/individuals", "/filtering_terms", "/completeness", "/datasets")
+
+
 def serve_queries(app: IndexApp, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def _reply(self, code: int, payload: Any) -> None:
@@ -308,6 +311,11 @@ def serve_queries(app: IndexApp, host: str, port: int) -> ThreadingHTTPServer:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+            # gdx_api_* like the Beacon API's; unknown paths share one label (bounded label values)
+            path = self.path.split("?")[0]
+            endpoint = path if path in QUERY_ENDPOINTS else "other"
+            app.metrics.api_requests.labels(SERVICE, endpoint, str(code)).inc()
+            app.metrics.api_seconds.labels(SERVICE, endpoint).observe(time.perf_counter() - self._started)
 
         def _run(self, body: dict[str, Any]) -> None:
             try:
@@ -321,9 +329,11 @@ def serve_queries(app: IndexApp, host: str, port: int) -> ThreadingHTTPServer:
                 self._reply(500, {"error": type(exc).__name__})
 
         def do_GET(self) -> None:  # noqa: N802
+            self._started = time.perf_counter()
             self._run({})
 
         def do_POST(self) -> None:  # noqa: N802
+            self._started = time.perf_counter()
             length = int(self.headers.get("Content-Length", 0) or 0)
             try:
                 body = json.loads(self.rfile.read(length) or b"{}")

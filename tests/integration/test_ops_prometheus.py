@@ -147,6 +147,9 @@ def test_every_dashboard_panel_and_rule_answers_over_a_live_pipeline(kafka: Kafk
         assert len(consent_lag) == kafka.topics.spec("gdx.pseudo.consent.v1").partitions, consent_lag
         consumed = series('sum by (topic) (gdx_events_in_total{service="consent_gate"})', "topic")
         assert consumed["gdx.pseudo.consent.v1"] == len(granted) + 1, consumed
+        # the index's internal query API is measured like the Beacon API (publish asked it, so did this test)
+        index_api = series('sum by (endpoint) (gdx_api_requests_total{service="index"})', "endpoint")
+        assert index_api.get("/completeness", 0) > 0 and index_api.get("/variants", 0) > 0, index_api
         statuses = series('sum by (status) (gdx_api_requests_total{service="publish"})', "status")
         assert statuses.get("200") == 4 and statuses.get("400") == 1, statuses
         decisions = series("sum by (outcome) (gdx_consent_decisions_total)", "outcome")
