@@ -453,6 +453,10 @@ def test_7_no_key_material_in_logs_topics_or_repo(secured: Secured, pipeline: di
             found.append("a PEM private key")
         return found
 
+    # the detector finds what it looks for (where the secrets do live)
+    assert leaks(pipeline["key_file"].read_bytes()) and leaks(issuer_pem)
+    assert leaks((secured.secrets / "publish.password").read_bytes())
+
     # logs: what this module's tests logged (kafka-python at DEBUG), the anonymize process, the broker
     assert captured_logs.lines, "nothing was captured"
     assert not leaks("\n".join(captured_logs.lines).encode()), "key material in the captured logs"
