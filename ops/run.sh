@@ -8,9 +8,23 @@ RUN=${GDX_RUN_DIR:-$PWD/.run}
 export GDX_RUN_DIR=$RUN
 mkdir -p "$RUN/logs" "$RUN/pids"
 
-$BIN/python -m gdx.broker start
-$BIN/gdx topics apply >/dev/null
-echo "topics provisioned ($($BIN/gdx topics list | wc -l) in the catalog)"
+# GDX_KAFKA_SECURITY=sasl_ssl make run: the secured broker (TLS, SCRAM users, ACLs from the catalog) and every
+# process below connecting as its own principal; secrets are generated under $RUN/kafka/secure/secrets/.
+SECURE=
+if [ "${GDX_KAFKA_SECURITY:-plaintext}" = sasl_ssl ]; then SECURE=--secure; fi
+unset GDX_KAFKA_SECURITY GDX_KAFKA_USERNAME GDX_KAFKA_PASSWORD_FILE GDX_KAFKA_PASSWORD GDX_KAFKA_CA_FILE
+other=$([ -n "$SECURE" ] && echo local || echo secure)
+if $BIN/python -m gdx.broker status --name "$other" >/dev/null 2>&1; then
+  echo "the $other broker is running on the same port: make stop first" >&2; exit 1
+fi
+# creds PRINCIPAL: the GDX_KAFKA_* exports that connect as PRINCIPAL (secured run; nothing on a plain run)
+creds() { if [ -n "$SECURE" ]; then $BIN/python -m gdx.broker env --secure --principal "$1"; fi; }
+# as PRINCIPAL CMD...: run CMD with PRINCIPAL's credentials
+as() { local principal=$1; shift; ( eval "$(creds "$principal")"; exec "$@" ); }
+
+$BIN/python -m gdx.broker start $SECURE
+as admin $BIN/gdx topics apply >/dev/null
+echo "topics provisioned ($($BIN/gdx topics list | wc -l) in the catalog)${SECURE:+, ACLs applied}"
 
 start() {
   local name=$1
@@ -18,7 +32,8 @@ start() {
   if [ -f "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
     echo "$name already running (pid $(cat "$pidf"))"; return
   fi
-  nohup setsid $BIN/gdx serve "$name" >>"$RUN/logs/$name.log" 2>&1 </dev/null &
+  # the subshell execs the service, so $! is the service's own pid (make stop signals it)
+  ( eval "$(creds "$name")"; exec nohup setsid $BIN/gdx serve "$name" >>"$RUN/logs/$name.log" 2>&1 </dev/null ) &
   echo $! >"$pidf"
   echo "$name started (pid $!, log $RUN/logs/$name.log)"
 }
@@ -29,11 +44,11 @@ if [ ! -f "$DEMO/demo.vcf.gz" ]; then
   $BIN/gdx demo-data --samples 50 --records 20000 --out "$DEMO"
 fi
 # consent first (a center usually records it before sequencing), then the clinical and genomic data
-$BIN/gdx consent load "$DEMO/consent.csv"
-$BIN/gdx ingest phenopacket "$DEMO/phenopackets" --center demo-center --dataset demo-dataset
-$BIN/gdx ingest vcf "$DEMO/demo.vcf.gz" --center demo-center --dataset demo-dataset
-$BIN/gdx wait --idle --timeout 300
-$BIN/gdx status
+as ingest $BIN/gdx consent load "$DEMO/consent.csv"
+as ingest $BIN/gdx ingest phenopacket "$DEMO/phenopackets" --center demo-center --dataset demo-dataset
+as ingest $BIN/gdx ingest vcf "$DEMO/demo.vcf.gz" --center demo-center --dataset demo-dataset
+as cli $BIN/gdx wait --idle --timeout 300
+as cli $BIN/gdx status
 
 echo
 echo "Beacon: is chr1 variation seen in released data? (GET /api/g_variants, count granularity)"

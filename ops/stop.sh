@@ -15,4 +15,9 @@ for pidf in "$RUN"/pids/*.pid; do
   fi
   rm -f "$pidf"
 done
-if [ -x .venv/bin/python ]; then .venv/bin/python -m gdx.broker stop; fi
+if [ -x .venv/bin/python ]; then
+  unset GDX_KAFKA_SECURITY GDX_KAFKA_USERNAME GDX_KAFKA_PASSWORD_FILE GDX_KAFKA_PASSWORD GDX_KAFKA_CA_FILE
+  .venv/bin/python -m gdx.broker stop
+  # the secured broker of `GDX_KAFKA_SECURITY=sasl_ssl make run`, if it was ever made
+  if [ -d "$RUN/kafka/secure" ]; then .venv/bin/python -m gdx.broker stop --secure; fi
+fi

@@ -65,7 +65,7 @@ def _topics(args: argparse.Namespace) -> int:
 
 def _apply_acls(settings: Settings, catalog: Any, feeds: list[str]) -> None:
     """Secured broker: SCRAM users for new subscribers, then exactly the catalog's ACLs (needs the admin user)."""
-    from gdx.common.acl import apply_acls, feed_subscribers, subscriber_principal
+    from gdx.common.acl import OPERATOR, SERVICES, apply_acls, feed_subscribers, subscriber_principal
     from gdx.common.credentials import new_password, write_secret
     from gdx.common.kafka import make_admin, upsert_scram_users
     from kafka.errors import (
@@ -79,8 +79,10 @@ def _apply_acls(settings: Settings, catalog: Any, feeds: list[str]) -> None:
         subscribers = sorted(set(feeds) | set(feed_subscribers(catalog, admin.list_topics())))
         have = set(admin.describe_user_scram_credentials() or {})
         missing = [subscriber_principal(s) for s in subscribers if subscriber_principal(s) not in have]
+        folder = _credentials_dir(settings, required=bool(missing))
+        # services whose password file is there but who have no SCRAM user yet (a broker bootstrapped with admin only)
+        missing += [p for p in (*SERVICES, OPERATOR) if p not in have and folder and (folder / f"{p}.password").is_file()]
         if missing:
-            folder = _credentials_dir(settings)
             passwords = {}
             for principal in missing:
                 path = folder / f"{principal}.password"
@@ -102,12 +104,15 @@ def _apply_acls(settings: Settings, catalog: Any, feeds: list[str]) -> None:
           f"({len(subscribers)} subscriber feeds)")
 
 
-def _credentials_dir(settings: Settings) -> Any:
+def _credentials_dir(settings: Settings, required: bool = True) -> Any:
+    """GDX_KAFKA_CREDENTIALS_DIR, else the folder of the admin's own password file."""
     if settings.kafka_credentials_dir is not None:
         return settings.kafka_credentials_dir
     if settings.kafka_password_file is not None:
         return settings.kafka_password_file.parent
-    raise CommandError("set GDX_KAFKA_CREDENTIALS_DIR: where new users' password files go")
+    if required:
+        raise CommandError("set GDX_KAFKA_CREDENTIALS_DIR: where new users' password files go")
+    return None
 
 
 @command
