@@ -95,3 +95,24 @@ class PseudoProducer:
 
     def close(self) -> None:
         self.producer.close()
+
+
+class TopicLog:
+    """Everything on some topics of a test, read incrementally: `read()` returns all decoded values so
+    far (schema, value), fetching only what is new since the last call."""
+
+    def __init__(self, kafka: Any, *logical: str):
+        self.consumer = kafka.consumer(*logical)
+        self.schemas = kafka.schemas
+        self.records: list[tuple[str, dict[str, Any]]] = []
+
+    def read(self) -> list[tuple[str, dict[str, Any]]]:
+        tps = list(self.consumer.assignment())
+        ends = self.consumer.end_offsets(tps)
+        while any(self.consumer.position(tp) < ends[tp] for tp in tps):
+            for recs in self.consumer.poll(timeout_ms=200).values():
+                self.records.extend(self.schemas.decode(r.value) for r in recs)
+        return self.records
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -149,9 +149,10 @@ class ConsentGateHandler:
             if was and old is not None and (not now or terms_changed):
                 outputs += self._retract(old, new, created_ms)
             key = (new.dataset, new.participant)
-            if now and (not was or terms_changed):
+            if now and (not was or terms_changed or key in replay):
+                # a replay still pending from earlier in this batch stays pending under the same terms
                 replay[key] = new
-            else:
+            elif not now:
                 replay.pop(key, None)
         if replay:
             outputs += self._replay(list(replay.values()))

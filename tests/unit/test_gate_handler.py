@@ -185,3 +185,10 @@ def test_state_survives_a_restart(tmp_path, log):
     assert again.store.consent("ds-gate", P1).consent_time == 10
     assert again.store.ref_position(PSEUDO_VARIANTS, 0) == 1
     assert len(of(revoke(again, P1, 20), RETRACTIONS)[0]["items"]) == 1
+
+
+def test_a_grant_repeated_in_the_same_batch_still_releases_held_data(gate, log):
+    gate.handle(log.append(PSEUDO_VARIANTS, 0, variant_batch(FILE, 0, [P1])))
+    out = gate.apply_consents([(consent(P1, "GRANTED", 10), 0, None), (consent(P1, "GRANTED", 20), 0, None)])
+    assert released_samples(out) == [[P1]]
+    assert of(out, RELEASED_VARIANTS)[0]["terms"][0]["consent_time"] == 20
