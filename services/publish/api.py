@@ -245,8 +245,9 @@ def _summary_ref(request: BeaconRequest) -> str:
 
 
 async def _authenticate(ctx: _Context, http: web.Request) -> Identity | None:
-    # Verification may fetch an issuer's JWKS: never on the event loop.
-    identity = await asyncio.to_thread(ctx.auth.authenticate, http.headers.get("Authorization"))
+    header = http.headers.get("Authorization")
+    # Verification may fetch an issuer's JWKS: never on the event loop (no header: nothing to verify).
+    identity = await asyncio.to_thread(ctx.auth.authenticate, header) if header else ctx.auth.authenticate(None)
     if identity is not None:
         http[_AUDIT]["actor"] = identity.subject
     return identity
