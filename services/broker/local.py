@@ -337,8 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     from gdx.common.settings import Settings
 
     parser = argparse.ArgumentParser(prog="python -m gdx.broker", description=__doc__)
-    parser.add_argument("action", choices=["resolve", "start", "stop", "kill", "status", "destroy", "env"],
-                        help="env: print the GDX_KAFKA_* settings (paths, never a secret) that connect as --principal")
+    parser.add_argument("action", choices=["resolve", "start", "stop", "kill", "status", "destroy", "env",
+                                           "compose-secrets"],
+                        help="env: print the GDX_KAFKA_* settings (paths, never a secret) that connect as --principal;"
+                             " compose-secrets: generate docker-compose.secure.yml's secrets into --out")
     parser.add_argument("--name", default=None, help="cluster name (default: local, or secure with --secure)")
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--port", type=int, default=9092)
@@ -348,7 +350,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="TLS + SASL/SCRAM listeners, standard authorizer, no plaintext port; certificates and "
                              "passwords generated into <run>/kafka/<name>/secrets/")
     parser.add_argument("--principal", default="admin", help="with env: the user to connect as")
+    parser.add_argument("--out", type=Path, help="with compose-secrets: the secrets folder (generated once)")
+    parser.add_argument("--cluster-id", default="", help="with compose-secrets: the KRaft cluster id")
     args = parser.parse_args(argv)
+    if args.action == "compose-secrets":
+        from gdx.broker.secure import compose_secrets
+
+        if args.out is None or not args.cluster_id:
+            parser.error("compose-secrets needs --out and --cluster-id")
+        if (args.out / "server.properties").is_file():
+            print(f"secrets already in {args.out}")
+            return 0
+        compose_secrets(args.out, args.cluster_id)
+        print(f"secrets generated in {args.out}")
+        return 0
     settings = Settings.from_env()
     if args.action == "resolve":
         print(resolve_jars(args.version, quiet=False))

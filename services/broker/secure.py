@@ -205,3 +205,48 @@ def _scram_users(described: Any) -> set[str]:
     """User names that have a SCRAM credential, from describe_user_scram_credentials' answer."""
     return {user for user, info in (described or {}).items()
             if isinstance(info, dict) and not info.get("error") and info.get("credential_infos")}
+
+
+# -- docker-compose.secure.yml --------------------------------------------------------------------------------------
+KAFKA_UID, GDX_UID = 1000, 10001  # apache/kafka's appuser, the gdx image's user
+
+
+def compose_secrets(folder: Path, cluster_id: str) -> None:
+    """Everything the secured compose deployment needs, in the shared secrets volume (run as root, once):
+    certificates and passwords as for a local run, the Kafka node's `server.properties` and the admin's
+    salted SCRAM credential for its storage format (readable by Kafka's user only), one password file per
+    principal (readable by gdx's user only), and the public `ca.pem`."""
+    setup = SecureSetup(folder)
+    setup.ensure()
+    node = type("ComposeNode", (), {"port": 9092, "internal_port": 9094, "controller_port": 9093})()
+    props = setup.broker_properties(node)
+    props.update({
+        "listeners": "SASL_SSL://:9092,BROKER://:9094,CONTROLLER://:9093,HOST://:29092",
+        "advertised.listeners": "SASL_SSL://kafka:9092,BROKER://kafka:9094,HOST://127.0.0.1:29092",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,BROKER:SSL,CONTROLLER:SSL,HOST:SASL_SSL",
+        "listener.name.host.scram-sha-512.sasl.jaas.config":
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "process.roles": "broker,controller", "node.id": "1", "controller.quorum.voters": "1@kafka:9093",
+        "controller.listener.names": "CONTROLLER", "log.dirs": "/var/lib/kafka/data",
+        "offsets.topic.replication.factor": "1", "offsets.topic.num.partitions": "6",
+        "transaction.state.log.replication.factor": "1", "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1", "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0", "message.max.bytes": "10485760",
+        "auto.create.topics.enable": "false",
+    })
+    write_secret(folder / "server.properties", "".join(f"{k}={v}\n" for k, v in props.items()))
+    write_secret(folder / "format-args", " ".join(setup.format_args()) + "\n")
+    write_secret(folder / "cluster-id", cluster_id + "\n")
+    admin_password = setup.password_file(ADMIN).read_text().strip()
+    write_secret(folder / "admin-client.properties", (
+        "security.protocol=SASL_SSL\nsasl.mechanism=SCRAM-SHA-512\nssl.truststore.type=PEM\n"
+        f"ssl.truststore.location={folder / 'ca.pem'}\n"
+        "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{ADMIN}" password="{admin_password}";\n'))
+    for name in ("server.properties", "format-args", "cluster-id", "admin-client.properties", "broker.p12"):
+        os.chown(folder / name, KAFKA_UID, KAFKA_UID)
+    for path in folder.glob("*.password"):
+        if path.name != "keystore.password":
+            os.chown(path, GDX_UID, GDX_UID)
+    os.chown(folder, GDX_UID, GDX_UID)  # gdx topics apply writes new subscribers' passwords here
+    os.chmod(folder, 0o711)  # Kafka's user reaches its own files by name, lists nothing

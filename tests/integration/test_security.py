@@ -285,6 +285,11 @@ def test_1_pipeline_runs_with_one_principal_per_service(secured: Secured, pipeli
     assert pipeline["gate"].runner.stats.processed > 0 and pipeline["index"].runner.stats.processed > 0
     assert not [v for _, v in env.decode_all("gdx.ops.deadletters.v1")], "no dead letters on the happy path"
     # and the admin saw every SCRAM user the catalog needs, subscribers included
+    # operator commands work as `cli`: consumer lag of every stage, from offsets only
+    code, out, err = secured.gdx(secured.env(env.prefix, "cli"), "status", "--json")
+    assert code == 0, err
+    lags = {name: svc.get("lag_total") for name, svc in json.loads(out)["services"].items() if "lag_total" in svc}
+    assert set(lags) == {"anonymize", "consent_gate", "index"} and all(isinstance(v, int) for v in lags.values())
     code, out, _ = secured.gdx(env, "credentials", "list")
     users = {line.split("\t")[0] for line in out.splitlines()}
     assert code == 0 and {"admin", "ingest", "anonymize", "consent_gate", "index", "publish", "cli",
