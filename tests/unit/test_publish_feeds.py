@@ -297,3 +297,21 @@ def test_a_long_history_is_sent_in_steps_with_live_events_flowing_and_resumes_af
     assert sorted(o.value["batch_index"] for o in batches) == list(range(2 * BACKFILL_EVENTS + 10))
     assert {o.event_id for o in on_feed(first, "uni")} <= {o.event_id for o in batches}  # same ids again
     assert on_feed(resent, "pharma") == [] and again.tick() == []
+
+
+def test_gdx_subscribe_lists_and_removes_and_refuses_incomplete_requests(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from gdx.cli import main as gdx
+
+    path = tmp_path / "subscriptions.json"
+    monkeypatch.setenv("GDX_PUBLISH_SUBSCRIPTIONS_FILE", str(path))
+    monkeypatch.setenv("GDX_TOPIC_PREFIX", "")
+    SubscriptionFile(path).add(DS_NOT_FOR_PROFIT)
+    assert gdx(["subscribe", "--list"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [
+        {**DS_NOT_FOR_PROFIT.to_json(), "topic": "gdx.feed.uni.v1"}]
+    assert gdx(["subscribe", "uni", "--dataset", DS]) == 1
+    assert "--dataset and --purpose are needed" in capsys.readouterr().err
+    assert gdx(["subscribe", "nobody", "--remove"]) == 1
+    assert "no subscriber named nobody" in capsys.readouterr().err
+    assert gdx(["subscribe", "uni", "--remove"]) == 0 and SubscriptionFile(path).load() == {}
