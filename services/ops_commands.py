@@ -190,8 +190,9 @@ def _committed(settings: Settings) -> dict[str, dict[tuple[str, int], int]]:
         admin.close()
 
 
-def read_topics(settings: StatusSettings, logical: list[str]) -> Iterator[tuple[str, Any]]:
-    """(logical topic, record) for every record on the topics up to their end offsets at the start."""
+def read_topics(settings: StatusSettings, logical: list[str], since_ms: int | None = None) -> Iterator[tuple[str, Any]]:
+    """(logical topic, record) for every record on the topics up to their end offsets at the start
+    (`since_ms`: only records written from then on)."""
     from gdx.common.kafka import make_consumer
     from gdx.common.topics import TopicCatalog
     from kafka import TopicPartition
@@ -206,8 +207,11 @@ def read_topics(settings: StatusSettings, logical: list[str]) -> Iterator[tuple[
         if not tps:
             return
         consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
         ends = consumer.end_offsets(tps)
+        consumer.seek_to_beginning(*tps)
+        if since_ms is not None:
+            for tp, found in consumer.offsets_for_times({tp: since_ms for tp in tps}).items():
+                consumer.seek(tp, found.offset if found is not None else ends[tp])
         deadline = time.monotonic() + settings.read_timeout_s
         while any(consumer.position(tp) < ends[tp] for tp in tps):
             if time.monotonic() > deadline:
@@ -401,8 +405,9 @@ def _outcome(step: _Seen) -> str:
     return "produced " + (step.schema.removeprefix("org.gdx.") or "event")
 
 
-def _log_lines(folder: Path, wanted: set[str], limit: int) -> list[dict[str, Any]]:
-    """JSON log lines (gdx.common.logs) of every *.log in `folder` mentioning one of `wanted`."""
+def _log_lines(folder: Path, wanted: set[str], limit: int, since: str = "") -> list[dict[str, Any]]:
+    """JSON log lines (gdx.common.logs) of every *.log in `folder` mentioning one of `wanted`, from
+    `since` (a timestamp as the logs write it) on."""
     out: list[dict[str, Any]] = []
     if not folder.is_dir():
         return out
@@ -415,8 +420,8 @@ def _log_lines(folder: Path, wanted: set[str], limit: int) -> list[dict[str, Any
                     entry = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(entry, dict) and any(str(entry.get(k)) in wanted for k in
-                                                   ("correlation_id", "file_id", "event_id", "causation_id")):
+                if isinstance(entry, dict) and str(entry.get("ts", "")) >= since and any(
+                        str(entry.get(k)) in wanted for k in ("correlation_id", "file_id", "event_id", "causation_id")):
                     entry.setdefault("service", path.stem)
                     entry["log"] = path.name
                     out.append(entry)
@@ -424,7 +429,23 @@ def _log_lines(folder: Path, wanted: set[str], limit: int) -> list[dict[str, Any
     return out[-limit:]
 
 
-def trace_path(settings: StatusSettings, ident: str, log_limit: int = 200) -> dict[str, Any]:
+def parse_since(text: str) -> int:
+    """`30m`, `2h`, `1d`, `90s` ago, or an ISO 8601 time, as milliseconds since the epoch."""
+    from datetime import UTC, datetime
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip()
+    if value[:-1].isdigit() and value[-1:] in units:
+        return int((time.time() - int(value[:-1]) * units[value[-1]]) * 1000)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandError(f"--since {text!r}: expected 30m, 2h, 1d or an ISO time such as 2026-11-25T17:00Z") from None
+    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def trace_path(settings: StatusSettings, ident: str, log_limit: int = 200,
+               since_ms: int | None = None) -> dict[str, Any]:
     """The path of one file (file id = sha256:<checksum>, or the checksum alone) or event (event id,
     correlation id) through the pipeline: every event on the catalog's topics whose envelope or,
     for dead letters and audit records, whose content refers to it, what each consumer group has
@@ -443,7 +464,7 @@ def trace_path(settings: StatusSettings, ident: str, log_limit: int = 200) -> di
     if len(ident) == 64 and all(c in "0123456789abcdef" for c in ident.lower()):
         aliases.add("sha256:" + ident.lower())  # a bare checksum names the file
     all_seen: list[_Seen] = []
-    for logical, rec in read_topics(settings, names):
+    for logical, rec in read_topics(settings, names, since_ms):
         env = Envelope.from_headers(rec.headers)
         value = None
         if logical in (DEAD_LETTERS, AUDIT):
@@ -520,7 +541,7 @@ def trace_path(settings: StatusSettings, ident: str, log_limit: int = 200) -> di
             index_files = [f for f in files if f.get("file_id") in file_ids]
             services.setdefault("index", {"produced": {}, "dead_letters": {}, "audit": {}})["files"] = index_files
     wanted = aliases | file_ids | {s.event_id for s in steps if s.event_id}
-    logs = _log_lines(settings.logs(), wanted, log_limit)
+    logs = _log_lines(settings.logs(), wanted, log_limit, _iso(since_ms) if since_ms is not None else "")
     if not steps and not logs:
         raise CommandError(f"nothing on the pipeline topics, dead letters, audit or logs ({settings.logs()}) "
                            f"refers to {ident}")
@@ -535,11 +556,14 @@ def trace(sub: argparse._SubParsersAction) -> None:
     p.add_argument("id", help="file id (sha256:<checksum>) or checksum, correlation id, or event id")
     p.add_argument("--json", action="store_true", help="one JSON object for scripts")
     p.add_argument("--logs", type=int, default=20, help="log lines shown (default 20; --json shows up to 200)")
+    p.add_argument("--since", help="only events written since then: 30m, 2h, 1d or an ISO time (the topics are "
+                                   "read from there instead of from their beginning)")
     p.set_defaults(run=_trace)
 
 
 def _trace(args: argparse.Namespace) -> int:
-    result = trace_path(StatusSettings.from_env(), args.id)
+    since = parse_since(args.since) if args.since else None
+    result = trace_path(StatusSettings.from_env(), args.id, since_ms=since)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from gdx.ingest.consent import grant_record
 from gdx.ingest.demo_data import generate
 from gdx.ingest.producer import IngestProducer
 from gdx.ingest.settings import IngestSettings
-from gdx.ops_commands import StatusSettings, collect
+from gdx.ops_commands import StatusSettings, collect, parse_since, trace_path
 
 from tests.kafka_harness import KafkaTestEnv, unique_prefix, wait_for
 from tests.ops_support import free_port
@@ -99,6 +100,10 @@ class Deployment:
     def status(self) -> dict[str, Any]:
         """What `gdx status --json` prints (computed here: a process per call would double the test's time)."""
         return collect(StatusSettings.from_env(self.env))
+
+    def trace(self, ident: str, since_ms: int | None = None) -> dict[str, Any]:
+        """What `gdx trace ID --json` prints, computed here (the command line is checked in text form)."""
+        return json.loads(json.dumps(trace_path(StatusSettings.from_env(self.env), ident, since_ms=since_ms), default=str))
 
     def drop(self, path: Path, name: str | None = None) -> None:
         """Put a file into the drop box the way a center does: written beside, then renamed in."""
@@ -209,7 +214,7 @@ def test_1_status_shows_every_service_up_lag_files_and_dead_letters_by_reason(de
 
 def test_2_trace_follows_a_file_through_every_service_and_a_dead_letter_to_its_reason(deployment: Deployment):
     file_id = deployment.file_ids[0]
-    result = json.loads(deployment.gdx("trace", file_id, "--json").stdout)
+    result = deployment.trace(file_id)
     svc = result["services"]
     assert svc["ingest"]["produced"]["gdx.raw.variants.v1"] >= 3  # START, batches, END
     assert svc["anonymize"]["produced"]["gdx.pseudo.variants.v1"] == svc["ingest"]["produced"]["gdx.raw.variants.v1"]
@@ -235,11 +240,18 @@ def test_2_trace_follows_a_file_through_every_service_and_a_dead_letter_to_its_r
         assert f"\n  {name}" in text, text
     assert "complete" in text
 
-    bad = json.loads(deployment.gdx("trace", BAD_CORRELATION, "--json").stdout)
+    bad = deployment.trace(BAD_CORRELATION)
     [dead] = [s for s in bad["steps"] if s["topic"] == "gdx.ops.deadletters.v1"]
     assert dead["service"] == "anonymize" and "dead-lettered" in dead["outcome"]
     assert bad["services"]["anonymize"]["dead_letters"], bad["services"]
     assert [e for e in bad["logs"] if e.get("service") == "anonymize" and e.get("msg") == "dead-lettered"]
+
+    # --since reads the topics from then on: an hour back sees it all, from tomorrow on nothing
+    recent = deployment.trace(file_id, since_ms=parse_since("1h"))
+    assert [s["event_id"] for s in recent["steps"]] == [s["event_id"] for s in steps]
+    later = deployment.gdx("trace", file_id, "--since", time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                       time.gmtime(time.time() + 86400)), check=False)
+    assert later.returncode == 1 and "refers to" in later.stderr, later.stderr
 
     unknown = deployment.gdx("trace", "sha256:" + "0" * 64, check=False)
     assert unknown.returncode == 1 and "refers to" in unknown.stderr
