@@ -321,10 +321,12 @@ def _status(args: argparse.Namespace) -> int:
     else:
         summary = state["files_summary"]
         print(f"files: {summary['complete']} complete, {summary['pending']} pending, {summary['failed']} failed")
-        for f in files:
-            if not f.get("complete") and f.get("phase") != "FAILED":
-                print(f"  pending {f.get('dataset')} {f.get('file_id')}: {f.get('batches_indexed')}/"
-                      f"{f.get('batches_expected') if f.get('batches_expected') is not None else '?'} batches")
+        pending = [f for f in files if not f.get("complete") and f.get("phase") != "FAILED"]
+        for f in pending[:20]:
+            print(f"  pending {f.get('dataset')} {f.get('file_id')}: {f.get('batches_indexed')}/"
+                  f"{f.get('batches_expected') if f.get('batches_expected') is not None else '?'} batches")
+        if len(pending) > 20:
+            print(f"  ... and {len(pending) - 20} more pending (gdx status --json lists them all)")
         if state["index_unreachable"]:
             print(f"  (index workers not answering: {', '.join(state['index_unreachable'])})")
     return 0
