@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
-from typing import ClassVar
 
 from gdx.anonymize.handler import AnonymizeContext, Anonymizer
 from gdx.anonymize.settings import AnonymizeSettings, load_keyring
@@ -12,7 +10,6 @@ from gdx.common.envelope import stable_id
 from gdx.common.logs import setup_logging
 from gdx.common.metrics import Metrics
 from gdx.common.runner import Event, Output, Runner
-from gdx.common.service import ServiceSettings
 
 SERVICE = "anonymize"
 RAW_VARIANTS, RAW_CLINICAL, RAW_CONSENT = "gdx.raw.variants.v1", "gdx.raw.clinical.v1", "gdx.raw.consent.v1"
@@ -21,9 +18,8 @@ PSEUDO_VARIANTS, PSEUDO_CLINICAL, PSEUDO_CONSENT = ("gdx.pseudo.variants.v1", "g
 ROUTES = {RAW_VARIANTS: PSEUDO_VARIANTS, RAW_CLINICAL: PSEUDO_CLINICAL, RAW_CONSENT: PSEUDO_CONSENT}
 
 
-@dataclasses.dataclass(frozen=True)
-class AnonymizeServiceSettings(AnonymizeSettings, ServiceSettings):
-    prefix: ClassVar[str] = "GDX_ANONYMIZE_"
+# One settings class; the old name stays for code that imports it from here.
+AnonymizeServiceSettings = AnonymizeSettings
 
 
 class AnonymizeHandler:
@@ -45,7 +41,7 @@ class AnonymizeHandler:
         return [Output(topic, key, schema, value, event_id)]
 
 
-def build(settings: AnonymizeServiceSettings, metrics: Metrics | None = None) -> Runner:
+def build(settings: AnonymizeSettings, metrics: Metrics | None = None) -> Runner:
     metrics = metrics or Metrics(SERVICE)
     keyring = load_keyring(settings)
     anonymizer = Anonymizer(AnonymizeContext.from_settings(settings, keyring))
@@ -55,6 +51,6 @@ def build(settings: AnonymizeServiceSettings, metrics: Metrics | None = None) ->
 
 
 def main() -> int:
-    settings = AnonymizeServiceSettings.from_env()
+    settings = AnonymizeSettings.from_env()
     setup_logging(SERVICE, settings.log_level)
     return build(settings).run()

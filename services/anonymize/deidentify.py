@@ -392,6 +392,64 @@ def identifier_pattern(ids: Iterable[str], min_len: int = KNOWN_ID_MIN_LEN,
     return re.compile(rf"(?<![A-Za-z0-9])(?:{body})(?![A-Za-z0-9])", re.IGNORECASE)
 
 
+# Zero-width: every position of a lower-cased text not preceded by an ASCII letter or digit.
+_TOKEN_START_RE = re.compile(r"(?<![a-z0-9])")
+
+
+class IdentifierSet:
+    """Like `identifier_pattern`, for thousands of ids (a file's sample list): a set lookup per token start
+    and id length instead of a regex alternation, which costs a second per header line at 2504 samples."""
+
+    def __init__(self, ids: Iterable[str], min_len: int = KNOWN_ID_MIN_LEN, skip_numeric: bool = False):
+        usable = {i.strip() for i in ids}
+        self._ids = {i.lower() for i in usable if len(i) >= min_len and not (skip_numeric and i.isdigit())}
+        self._lengths = sorted({len(i) for i in self._ids}, reverse=True)  # longest first, as the regex
+        self._first = {i[0] for i in self._ids}
+        self._pattern: re.Pattern[str] | None = None  # only for texts that change length on lower()
+        self._built = False
+
+    def __bool__(self) -> bool:
+        return bool(self._ids)
+
+    def _matches(self, low: str) -> Iterable[tuple[int, int]]:
+        """(start, end) of each whole-token id in `low`, left to right, not overlapping."""
+        n, last = len(low), 0
+        for m in _TOKEN_START_RE.finditer(low):
+            i = m.start()
+            if i < last or i == n or low[i] not in self._first:
+                continue
+            for length in self._lengths:
+                end = i + length
+                if end <= n and low[i:end] in self._ids and (end == n or not ("a" <= low[end] <= "z"
+                                                                            or "0" <= low[end] <= "9")):
+                    yield i, end
+                    last = end
+                    break
+
+    def search(self, text: str) -> bool:
+        low = text.lower()
+        if len(low) != len(text):
+            regex = self._regex()
+            return bool(regex and regex.search(text))
+        return next(iter(self._matches(low)), None) is not None
+
+    def sub(self, placeholder: str, text: str) -> str:
+        low = text.lower()
+        if len(low) != len(text):
+            regex = self._regex()
+            return regex.sub(placeholder, text) if regex else text
+        out, last = [], 0
+        for start, end in self._matches(low):
+            out += [text[last:start], placeholder]
+            last = end
+        return "".join(out) + text[last:]
+
+    def _regex(self) -> re.Pattern[str] | None:
+        if not self._built:
+            self._pattern, self._built = identifier_pattern(self._ids, min_len=1), True
+        return self._pattern
+
+
 class _Deidentifier:
     def __init__(self, pseudonymizer: Pseudonymizer, *, center: str, domain: str, participant: str,
                  options: DeidentifyOptions, collected: _Collected):

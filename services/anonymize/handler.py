@@ -13,10 +13,10 @@ from gdx.anonymize.deidentify import (
     BirthDatePolicy,
     DatePolicy,
     DeidentifyOptions,
+    IdentifierSet,
     SubmitterPolicy,
     canonical_json,
     deidentify_phenopacket,
-    identifier_pattern,
 )
 from gdx.anonymize.pseudonym import DEFAULT_CACHE_SIZE, DomainPolicy, KeyRing, Pseudonymizer, pseudonym_domain
 from gdx.anonymize.settings import AnonymizeSettings, load_keyring
@@ -99,8 +99,7 @@ def _opaque(ctx: AnonymizeContext, name: str, value: str, center: str, dataset: 
     """An id field passed through, unless it spells out one of `ids`: then a keyed opaque id instead."""
     if _DIGEST_ID_RE.match(value):
         return value  # the usual case, a content digest: skip building a pattern over thousands of samples
-    pattern = identifier_pattern(ids)
-    if pattern is None or not pattern.search(value):
+    if not IdentifierSet(ids).search(value):
         return value
     return ctx.pseudonymizer.local_id(_OPAQUE_KINDS[name], ctx.domain(dataset), center, "", value)
 
@@ -152,7 +151,7 @@ def _reference_line(value: str) -> str | None:
 
 def anonymize_header(lines: list[str], samples: list[str], file_name: str = "") -> list[str]:
     """Header lines that are safe to pass on: allowlisted keys without sample ids, file names, paths or emails."""
-    pattern = identifier_pattern([*samples, file_name], skip_numeric=True)
+    known = IdentifierSet([*samples, file_name], skip_numeric=True)
     out = []
     for line in lines:
         if not line.startswith("##") or "=" not in line:
@@ -165,7 +164,7 @@ def anonymize_header(lines: list[str], samples: list[str], file_name: str = "") 
             if rewritten is None:
                 continue
             line = rewritten
-        if _ABS_PATH_RE.search(line) or EMAIL_RE.search(line) or (pattern is not None and pattern.search(line)):
+        if _ABS_PATH_RE.search(line) or EMAIL_RE.search(line) or known.search(line):
             continue
         out.append(line)
     return out
@@ -176,9 +175,7 @@ def _scrub_reason(reason: str | None, samples: list[str], file_name: str) -> str
         return None
     text = re.sub(r"(?:file:)?(?:/|~/|[A-Za-z]:\\)[^\s,;:'\"]*", "<path>", reason)
     for ids, placeholder in (([file_name], "<file>"), (samples, "<sample>")):
-        pattern = identifier_pattern(ids, skip_numeric=True)
-        if pattern is not None:
-            text = pattern.sub(placeholder, text)
+        text = IdentifierSet(ids, skip_numeric=True).sub(placeholder, text)
     return EMAIL_RE.sub("<email>", text)
 
 

@@ -1,4 +1,4 @@
-"""Settings of the anonymize service (`GDX_ANONYMIZE_*`), and loading its key ring from them."""
+"""Settings of the anonymize service (`GDX_ANONYMIZE_*` plus the common service settings), and its key ring."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import ClassVar
 from gdx.anonymize.deidentify import BirthDatePolicy, DatePolicy, SubmitterPolicy
 from gdx.anonymize.pseudonym import DEFAULT_CACHE_SIZE, DomainPolicy, KeyRing, generate_key_file
 from gdx.common.errors import ConfigurationError
-from gdx.common.settings import Settings, SettingsError
+from gdx.common.service import ServiceSettings
+from gdx.common.settings import SettingsError
 
 DEV_KEY_VERSION = "dev1"
 
@@ -21,8 +22,8 @@ def _choices(name: str, value: str, enum: type) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class AnonymizeSettings(Settings):
-    """Settings of the anonymize service."""
+class AnonymizeSettings(ServiceSettings):
+    """Settings of the anonymize service: the runner's (metrics port, retries, polling) and its own."""
 
     prefix: ClassVar[str] = "GDX_ANONYMIZE_"
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gdx.anonymize.deidentify import AGE_CAP_YEARS, duration_years, parse_timestamp
 
 UNKNOWN = "unknown"
 BAND_WIDTH = 10
+# Phenopacket v2 has no country field; centers record geographic origin as a measurement whose value is
+# a place term (what gdx's CINECA conversion does, with the assay term Beacon v2 uses).
+COUNTRY_ASSAYS = frozenset({"GAZ:00000448", "NCIT:C25464"})  # geographic location, Country
 
 
 @dataclass(frozen=True, order=True)
@@ -65,6 +68,18 @@ def age_band(phenopacket: Mapping[str, Any]) -> str:
     return UNKNOWN
 
 
+def country_of(phenopacket: Mapping[str, Any]) -> str | None:
+    """The label (else the id) of a geographic-origin measurement's place term, None when there is none."""
+    measurements = phenopacket.get("measurements") if isinstance(phenopacket, Mapping) else None
+    for measurement in measurements if isinstance(measurements, list) else ():
+        if _get(measurement, "assay", "id") in COUNTRY_ASSAYS:
+            term = _get(measurement, "value", "ontologyClass")
+            place = _get(term, "label") or _get(term, "id")
+            if isinstance(place, str) and place:
+                return place
+    return None
+
+
 def sex_of(phenopacket: Mapping[str, Any]) -> str:
     sex = _get(phenopacket, "subject", "sex")
     return sex if isinstance(sex, str) and sex else UNKNOWN
@@ -75,8 +90,8 @@ def small_cell_report(records: Mapping[str, Iterable[Mapping[str, Any]]], k: int
     """Participants per (dataset, sex, age band, country), sorted; `small` marks groups of fewer than k.
 
     `records` maps a dataset to its de-identified phenopackets. A participant (subject.id) with several
-    phenopackets counts once, by the last one. Phenopacket v2 has no country: pass `country` to read one
-    from elsewhere, otherwise the column is 'unknown'.
+    phenopackets counts once, by the last one. The country is read by `country` (default `country_of`: a
+    geographic-origin measurement); without one the column is 'unknown'.
     """
     if k < 1:
         raise ValueError("k must be at least 1")
@@ -87,10 +102,53 @@ def small_cell_report(records: Mapping[str, Iterable[Mapping[str, Any]]], k: int
             pid = _get(pp, "subject", "id")
             latest[pid if isinstance(pid, str) else f"#{index}"] = pp
         for pp in latest.values():
-            where = (country(pp) if country else None) or UNKNOWN
+            where = (country or country_of)(pp) or UNKNOWN
             key = (dataset, sex_of(pp), age_band(pp), where)
             counts[key] = counts.get(key, 0) + 1
     return sorted(SmallCellRow(*key, participants=n, small=n < k) for key, n in counts.items())
+
+
+@dataclass
+class ReleasedClinical:
+    """The clinical records currently released, from gdx.released.clinical.v1 and gdx.released.retractions.v1.
+
+    Feed it every event of both topics in any order; `phenopackets()` is what is released now: per
+    (dataset, participant) the record allowed by the newest consent, unless a retraction voids it (a
+    retraction's consent_time voids every release under a consent no newer than that, as the index reads it).
+    """
+
+    latest: dict[tuple[str, str], tuple[int, int, Mapping[str, Any]]] = field(default_factory=dict)
+    retracted: dict[tuple[str, str], int] = field(default_factory=dict)
+    seen: int = 0
+
+    def add_release(self, value: Mapping[str, Any]) -> None:
+        """One org.gdx.ReleasedClinicalRecord; records whose phenopacket is not a JSON object are skipped."""
+        try:
+            pp = json.loads(value["phenopacket"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if not isinstance(pp, dict):
+            return
+        key = (str(value["dataset"]), str(value["participant"]))
+        consent_time = int(value["terms"]["consent_time"])
+        self.seen += 1
+        held = self.latest.get(key)
+        # Newest consent wins; among records under one consent, the one read last (topic order per key).
+        if held is None or consent_time >= held[0]:
+            self.latest[key] = (consent_time, self.seen, pp)
+
+    def add_retraction(self, value: Mapping[str, Any]) -> None:
+        key = (str(value["dataset"]), str(value["participant"]))
+        self.retracted[key] = max(self.retracted.get(key, 0), int(value["consent_time"]))
+
+    def phenopackets(self) -> dict[str, list[Mapping[str, Any]]]:
+        """dataset -> the released phenopackets (one per participant, retracted ones left out)."""
+        out: dict[str, list[Mapping[str, Any]]] = {}
+        for (dataset, participant), (consent_time, _, pp) in sorted(self.latest.items()):
+            if consent_time <= self.retracted.get((dataset, participant), -1):
+                continue
+            out.setdefault(dataset, []).append(pp)
+        return out
 
 
 def format_json(rows: list[SmallCellRow], k: int) -> str:
