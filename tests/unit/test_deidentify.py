@@ -537,3 +537,19 @@ def test_odd_but_valid_json_numbers_and_deep_nesting():
     descriptor["variationDescriptor"]["variation"] = member["variationSet"]["members"][0]
     with pytest.raises(InvalidPhenopacketError, match="nested too deeply"):
         deid(pp)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ids=st.lists(st.one_of(identifiers, st.from_regex(r"\A[A-Za-z0-9_. -]{1,9}\Z")), min_size=1, max_size=8),
+       text=st.lists(st.one_of(st.sampled_from([" ", "-", "_", "x", "1", "=", "/", "\u0130"]), identifiers,
+                               st.text(max_size=6)), max_size=10).map("".join),
+       skip_numeric=st.booleans())
+def test_identifier_set_finds_what_the_regex_finds(ids: list[str], text: str, skip_numeric: bool):
+    # The set lookup the handler uses for sample lists must catch exactly what the token regex catches.
+    from gdx.anonymize.deidentify import IdentifierSet, identifier_pattern
+
+    for candidate in (text, f"{text} {ids[0]} {text}"):
+        pattern = identifier_pattern(ids, skip_numeric=skip_numeric)
+        matcher = IdentifierSet(ids, skip_numeric=skip_numeric)
+        assert matcher.search(candidate) == bool(pattern and pattern.search(candidate))
+        assert matcher.sub("<id>", candidate) == (pattern.sub("<id>", candidate) if pattern else candidate)

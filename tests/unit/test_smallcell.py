@@ -99,3 +99,36 @@ def test_report_over_deidentified_dev_cohorts(shared_data: Path):
     assert any(r.small for r in rows) and any(not r.small for r in rows)
     assert any(r.dataset == "GLI3" and r.sex == "UNKNOWN_SEX" for r in rows)
     assert not any(r.sex == "unknown" for r in rows)  # every dev phenopacket states a sex
+
+
+def test_country_from_a_geographic_origin_measurement():
+    # What gdx's CINECA conversion writes for Beacon's geographicOrigin (Phenopacket v2 has no country field).
+    origin = {"assay": {"id": "GAZ:00000448", "label": "geographic location"},
+              "value": {"ontologyClass": {"id": "GAZ:00002641", "label": "England"}}}
+    height = {"assay": {"id": "LOINC:8308-9", "label": "Height-standing"}}
+    rows = small_cell_report({"ds1": [person("p1", measurements=[height, origin]), person("p2")]}, k=2)
+    assert [(r.country, r.participants) for r in rows] == [("England", 1), ("unknown", 1)]
+
+
+def released(participant: str, consent_time: int, age: str = "P34Y", dataset: str = "ds1") -> dict[str, Any]:
+    return {"dataset": dataset, "participant": participant, "record_id": "r", "release_id": f"{participant}/{age}",
+            "terms": {"participant": participant, "duo": ["GRU"], "consent_time": consent_time, "consent_version": "c"},
+            "phenopacket": json.dumps(person(participant, age=age))}
+
+
+def test_released_clinical_keeps_the_newest_consent_and_honours_retractions():
+    from gdx.anonymize.smallcell import ReleasedClinical
+
+    state = ReleasedClinical()
+    state.add_release(released("p1", 100, "P34Y"))
+    state.add_release(released("p1", 200, "P45Y"))  # re-released under newer consent: this one counts
+    state.add_release(released("p1", 150, "P56Y"))  # older consent read later: not the current release
+    state.add_release(released("p2", 100))
+    state.add_retraction({"dataset": "ds1", "participant": "p2", "consent_time": 100})  # voids consents <= 100
+    state.add_release(released("p3", 100))
+    state.add_retraction({"dataset": "ds1", "participant": "p3", "consent_time": 100})
+    state.add_release(released("p3", 300, "P61Y"))  # consent given again after the revocation
+    state.add_release(dict(released("p4", 100), phenopacket="not json"))
+    packets = state.phenopackets()
+    assert {pp["subject"]["id"]: pp["subject"]["timeAtLastEncounter"]["age"]["iso8601duration"]
+            for pp in packets["ds1"]} == {"p1": "P45Y", "p3": "P61Y"}
