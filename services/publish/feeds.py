@@ -271,7 +271,8 @@ class FeedHandler:
     """Turns released events into per-subscriber feed events (runner handler: handle, tick, commit).
 
     `subscriptions()` returns the current subscriptions, or None when they did not change since the last
-    call; `history()` yields (schema, value) of every released data event the runner has already passed;
+    call; `history()` yields (schema, value) of every released event the runner has already passed,
+    retractions first;
     `ensure_topic(logical)` creates a feed topic."""
 
     def __init__(self, store: FeedStore, subscriptions: Callable[[], dict[str, Subscription] | None],
@@ -481,6 +482,10 @@ class FeedHandler:
         history ends where the worker's live stream began, which the subscriber gets meanwhile)."""
         sent = 0
         for schema, value in self.history():
+            if schema == "org.gdx.Retraction":  # they come first: what they void is never sent
+                self.store.add_retraction(value["dataset"], value["participant"], int(value["consent_time"]))
+                yield []
+                continue
             outputs = self.apply(schema, value, None, only=[sub])
             sent += len(outputs) // 2
             yield outputs
@@ -520,9 +525,10 @@ class _Earlier:
 # --- wiring ---------------------------------------------------------------------------------------
 
 class ReleasedHistory:
-    """Reads the released data topics from the beginning up to the feed worker's committed positions:
-    exactly what the worker has passed so far, so a backfill and the live stream neither overlap nor
-    leave a gap."""
+    """Reads the released topics from the beginning up to the feed worker's committed positions, the
+    retractions first: exactly what the worker has passed so far, so a backfill and the live stream
+    neither overlap nor leave a gap, and what was retracted is known before any data (even to a worker
+    that lost its state)."""
 
     def __init__(self, settings: Any, topics: Any, schemas: Any, group_id: str):
         from gdx.common.kafka import make_consumer
@@ -531,37 +537,45 @@ class ReleasedHistory:
         self.make_consumer = make_consumer
 
     def __call__(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        try:
-            yield from self._read()
-        except KafkaError as exc:
-            raise TransientError(f"could not read the released history: {exc}") from exc
-
-    def _read(self) -> Iterator[tuple[str, dict[str, Any]]]:
         from kafka import TopicPartition
 
+        # the bounds are taken now, before the worker moves on: the live stream continues from them
         reader = self.make_consumer(self.settings, None, "gdx.publish.feeds.backfill", max_poll_records=200)
-        group = self.make_consumer(self.settings, self.group_id, "gdx.publish.feeds.positions")
         try:
-            for logical in (RELEASED_VARIANTS, RELEASED_CLINICAL):
-                topic = self.topics.name(logical)
-                tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
-                upto = {tp: group.committed(tp) or 0 for tp in tps}
-                tps = [tp for tp in tps if upto[tp] > 0]
-                if not tps:
+            group = self.make_consumer(self.settings, self.group_id, "gdx.publish.feeds.positions")
+            try:
+                bounds = []
+                for logical in (RETRACTIONS, RELEASED_VARIANTS, RELEASED_CLINICAL):
+                    topic = self.topics.name(logical)
+                    tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+                    upto = {tp: group.committed(tp) or 0 for tp in tps}
+                    bounds.append((logical, {tp: o for tp, o in upto.items() if o > 0}))
+            finally:
+                group.close(autocommit=False)
+        except KafkaError as exc:
+            reader.close(autocommit=False)
+            raise TransientError(f"could not read the feed worker's positions: {exc}") from exc
+        return self._read(reader, bounds)
+
+    def _read(self, reader: Any, bounds: list[tuple[str, dict[Any, int]]]) -> Iterator[tuple[str, dict[str, Any]]]:
+        try:
+            for logical, upto in bounds:
+                if not upto:
                     continue
-                reader.assign(tps)
-                reader.seek_to_beginning(*tps)
+                reader.assign(list(upto))
+                reader.seek_to_beginning(*upto)
                 deadline = time.monotonic() + 600
-                while any(reader.position(tp) < upto[tp] for tp in tps):
+                while any(reader.position(tp) < end for tp, end in upto.items()):
                     if time.monotonic() > deadline:
                         raise TransientError(f"could not read {logical} back to the feed worker's position")
                     for tp, recs in reader.poll(timeout_ms=500).items():
                         for rec in recs:
                             if rec.offset < upto[tp]:
                                 yield self.schemas.decode(rec.value)
+        except KafkaError as exc:
+            raise TransientError(f"could not read the released history: {exc}") from exc
         finally:
             reader.close(autocommit=False)
-            group.close(autocommit=False)
 
 
 def ensure_feed_topic(settings: Any, topics: Any) -> Callable[[str], None]:

@@ -315,3 +315,12 @@ def test_gdx_subscribe_lists_and_removes_and_refuses_incomplete_requests(
     assert gdx(["subscribe", "nobody", "--remove"]) == 1
     assert "no subscriber named nobody" in capsys.readouterr().err
     assert gdx(["subscribe", "uni", "--remove"]) == 0 and SubscriptionFile(path).load() == {}
+
+
+def test_a_worker_that_lost_its_state_learns_the_retractions_before_sending_anything(tmp_path: Path) -> None:
+    history = [("org.gdx.Retraction", retraction("p-gru")),  # the history gives retractions first
+               ("org.gdx.ReleasedVariantBatch", batch(list(CONSENT))),
+               ("org.gdx.ReleasedClinicalRecord", clinical("p-gru")), ("org.gdx.ReleasedClinicalRecord", clinical("p-hmb"))]
+    fresh = Feeds(tmp_path / "new.sqlite", [HMB_FOR_PROFIT], history=history)
+    out = fresh.tick()
+    assert who(out, "pharma") == {"p-hmb"} and retracted(out, "pharma") == set()
