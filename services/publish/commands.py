@@ -41,8 +41,10 @@ def subscribe(sub: argparse._SubParsersAction) -> None:
 
 def _subscribe(args: argparse.Namespace) -> int:
     import json
+    import sys
 
     from gdx.cli import CommandError
+    from gdx.common.errors import TransientError
     from gdx.publish.feeds import Subscription, SubscriptionFile, ensure_feed_topic, subscriptions_path
     from gdx.publish.settings import PublishSettings
 
@@ -67,7 +69,13 @@ def _subscribe(args: argparse.Namespace) -> int:
     from gdx.common.topics import TopicCatalog
 
     topics = TopicCatalog.load(settings.schema_dir, settings.topic_prefix)
-    ensure_feed_topic(settings, topics)(subscription.topic)  # the subscriber can start reading right away
+    try:
+        ensure_feed_topic(settings, topics)(subscription.topic)  # the subscriber can start reading right away
+    except TransientError as exc:
+        # not fatal: the feed worker creates the topic when it picks the subscription up
+        print(f"gdx subscribe: note: {exc}; the publish service creates it (on a secured broker, run "
+              f"`gdx topics apply --feed {args.name}` as the admin to give the subscriber its user and access)",
+              file=sys.stderr)
     added = file.add(subscription)
     print(f"{'subscribed' if added else 'already subscribed'}: {args.name} -> {topics.feed(args.name)}")
     return 0

@@ -38,7 +38,7 @@ RETRACTIONS = "gdx.released.retractions.v1"
 AUDIT = "gdx.audit.events.v1"
 FEED_TEMPLATE = "gdx.feed.{subscriber}.v1"
 BACKFILL_EVENTS = 100  # released events replayed per runner tick for each new subscriber
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")  # within gdx.common.acl's subscriber names
 
 
 # --- subscriptions --------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ class Subscription:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ValueError(f"subscriber name {self.name!r}: use 1-100 of a-z, 0-9, '_' and '-', starting with "
+            raise ValueError(f"subscriber name {self.name!r}: use 1-64 of a-z, 0-9, '_' and '-', starting with "
                              "a letter or digit (it becomes the topic gdx.feed.<name>.v1)")
         datasets = tuple(dict.fromkeys(str(d).strip() for d in self.datasets if str(d).strip()))
         if not datasets:
