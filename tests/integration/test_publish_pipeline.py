@@ -223,3 +223,11 @@ def test_beacon_counts_for_two_purposes_differ_exactly_as_consent_says(kafka: Ka
         api.stop()
         for w in [idx, *workers]:
             assert w.stop() == 0
+    # every answer is on the audit topic: who asked what, at which granularity, how many records left
+    audit = [v for _, v in kafka.decode_all("gdx.audit.events.v1") if v["service"] == "publish"]
+    records = sorted(a["record_count"] for a in audit if a["data_ref"].startswith("/individuals?")
+                     and a["granularity"] == "record" and a["decision"] == "granted")
+    assert records == sorted(len(cohort.allowed(who)) for who in tokens)
+    assert {a["actor"] for a in audit if a["granularity"] == "record"} == {"dev-user"}
+    refused = [a for a in audit if a["decision"] == "denied"]
+    assert len(refused) == 1 and refused[0]["rule"].startswith("auth:") and refused[0]["record_count"] == 0
