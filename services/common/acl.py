@@ -6,6 +6,8 @@ subscriber feed; `admin` is a super user and needs none. Each principal may:
 - WRITE the topics the catalog lists it as producer of, READ those it lists it as consumer of
   (READ/WRITE imply DESCRIBE in Kafka); `subscriber:{subscriber}` on the feed template is the feed's
   own subscriber, `subscriber:*` every subscriber;
+- create, write and configure the topics of a catalog template it produces (publish: `<prefix>gdx.feed.*`,
+  made when a subscription appears; the subscriber gets access at the next `gdx topics apply`);
 - use the consumer groups named after it (`<prefix>gdx.<service>...`, a subscriber `<prefix>gdx.feed.<name>...`);
 - `cli` also DESCRIBEs every gdx topic and group (`gdx status`, `gdx wait --idle`): offsets, never data.
 
@@ -94,6 +96,14 @@ def grants(catalog: TopicCatalog, subscribers: Iterable[str] = ()) -> set[Grant]
         for role in spec.consumers:
             out |= {Grant(p, "topic", physical, "literal", "read") for p in _principals(role, spec, subscriber, subs)}
     p = catalog.prefix
+    # a template's topics (subscriber feeds) are created at run time by their producer (publish's feed worker):
+    # it may create, write and configure topics under the template's fixed head, nothing else
+    for template in catalog.templates:
+        head = p + template.name.partition("{")[0]
+        for role in template.producers:
+            if role in SERVICES:
+                out |= {Grant(role, "topic", head, "prefixed", op)
+                        for op in ("create", "write", "describe_configs", "alter_configs")}
     out |= {Grant(s, "group", f"{p}gdx.{s}", "prefixed", "read") for s in SERVICES}
     out |= {Grant(subscriber_principal(s), "group", f"{p}gdx.feed.{s}", "prefixed", "read") for s in subs}
     out |= {Grant(OPERATOR, "topic", f"{p}gdx.", "prefixed", "describe"),

@@ -41,6 +41,7 @@ from gdx.ingest.consent import grant_record
 from gdx.ingest.demo_data import generate
 from gdx.publish.auth import DevIssuer, dev_issuer_dir
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
 from kafka.errors import (
     GroupAuthorizationFailedError,
     KafkaError,
@@ -379,6 +380,22 @@ def test_4b_own_topics_and_groups_only(secured: Secured) -> None:
     _write(secured.config("anonymize"), env.topic("gdx.pseudo.variants.v1"))  # its own output: accepted
     _write(secured.config("publish"), f"{env.prefix}gdx.feed.acme.v1")
     assert len(env.read_all("gdx.pseudo.variants.v1")) == 1
+    # publish's feed worker makes the topic of a new subscription itself; the subscriber can read it once the
+    # admin's next `gdx topics apply` gave it a user and its ACLs
+    from gdx.publish.feeds import ensure_feed_topic
+    from gdx.publish.settings import PublishSettings
+
+    ensure_feed_topic(env.settings(PublishSettings, **secured.creds("publish")), env.topics)("gdx.feed.newsub.v1")
+    code, out, err = secured.gdx(env, "topics", "apply")
+    assert code == 0 and "subscriber-newsub" in out, err
+    assert _read(secured.config("subscriber-newsub"), f"{env.prefix}gdx.feed.newsub.v1") == []
+    assert _refused_read(secured.config("subscriber-acme"), f"{env.prefix}gdx.feed.newsub.v1") == "describe"
+    admin = KafkaAdminClient(**secured.config("publish"))
+    try:  # outside gdx.feed. publish creates nothing
+        with pytest.raises(TopicAuthorizationFailedError):
+            admin.create_topics([NewTopic(f"{env.prefix}gdx.released.extra.v1", 1, 1)])
+    finally:
+        admin.close()
     # a consumer group named after another service is refused
     consumer = KafkaConsumer(**secured.config("anonymize"), group_id=f"{env.prefix}gdx.consent_gate",
                              enable_auto_commit=False, auto_offset_reset="earliest")

@@ -52,6 +52,11 @@ def test_a_feed_is_read_by_its_subscriber_only_and_written_by_publish(catalog: T
     feed = "p.gdx.feed.acme.v1"
     assert {g.principal for g in gs if g.name == feed and g.operation == "read"} == {"subscriber-acme"}
     assert {g.principal for g in gs if g.name == feed and g.operation == "write"} == {"publish"}
+    # publish makes new feeds itself (a subscription appears), under gdx.feed. only
+    assert {g.operation for g in gs if g.principal == "publish" and g.pattern == "prefixed"
+            and g.resource == "topic"} == {"create", "write", "describe_configs", "alter_configs"}
+    assert {g.name for g in gs if g.pattern == "prefixed" and g.resource == "topic"
+            and g.principal == "publish"} == {"p.gdx.feed."}
     # a subscriber reads its feed and the schemas, nothing else
     assert _topics(gs, "subscriber-acme", "read") == {feed, "p.gdx.schemas"}
     assert not _topics(gs, "subscriber-acme", "write")
