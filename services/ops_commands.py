@@ -300,14 +300,17 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(state, indent=2))
         return 0
-    print(f"{'service':14s} {'state':6s} {'lag':>8s} {'in':>10s} {'out':>10s} {'dead':>6s}  dead letters by reason")
+    print(f"{'service':14s} {'state':6s} {'lag':>8s} {'pending':>8s} {'in':>10s} {'out':>10s} {'dead':>6s}"
+          "  dead letters by reason")
     for name, s in state["services"].items():
         lag = s.get("lag_total")
+        pending = s["health"].get("pending") if s["up"] else None
         reasons = ", ".join(f"{k}={int(v)}" for k, v in s["dead_letters_by_reason"].items()) or "-"
-        print(f"{name:14s} {'up' if s['up'] else 'DOWN':6s} {'' if lag is None else lag:>8} {int(s['events_in']):>10d} "
+        print(f"{name:14s} {'up' if s['up'] else 'DOWN':6s} {'' if lag is None else lag:>8} "
+              f"{'' if pending is None else pending:>8} {int(s['events_in']):>10d} "
               f"{int(s['events_out']):>10d} {int(s['dead_lettered']):>6d}  {reasons}")
-    print("(in, out and dead are counted since each service started; lag is what its consumer group has not"
-          " committed yet)")
+    print("(lag: not yet committed by the service's consumer group; pending: what the service itself reports"
+          " still to do, e.g. consent events or retractions; in, out and dead: since it started)")
     dead = state["dead_letters"]
     if dead["total"]:
         print(f"dead letters on {DEAD_LETTERS}: {dead['total']} ("
