@@ -227,7 +227,10 @@ class IndexApp:
         """Events not yet in the store: retractions, plus what the owned partitions still have to be
         read (a partition being rebuilt after it moved here); `gdx wait --idle` waits for 0."""
         ends = self.retractions.end_offsets(self.tps) if self.tps else {}
-        self._retraction_pending = sum(max(0, e - self.retractions.position(tp)) for tp, e in ends.items())
+        behind = {tp.partition: max(0, e - self.retractions.position(tp)) for tp, e in ends.items()}
+        self._retraction_pending = sum(behind.values())
+        for partition, lag in behind.items():  # read outside the runner's group: exported here
+            self.metrics.consumer_lag.labels(SERVICE, RETRACTIONS, str(partition)).set(lag)
         consumer = self.runner.consumer if self.runner is not None else None
         with self._ownership:
             owned = sorted(self._owned)

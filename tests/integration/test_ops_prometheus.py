@@ -145,6 +145,9 @@ def test_every_dashboard_panel_and_rule_answers_over_a_live_pipeline(kafka: Kafk
         # consent_gate reads the consent topic outside its group: its lag and events are exported too
         consent_lag = series('gdx_consumer_lag{service="consent_gate", topic="gdx.pseudo.consent.v1"}', "partition")
         assert len(consent_lag) == kafka.topics.spec("gdx.pseudo.consent.v1").partitions, consent_lag
+        retraction_lag = series('gdx_consumer_lag{service="index", topic="gdx.released.retractions.v1"}', "partition")
+        assert len(retraction_lag) == kafka.topics.spec("gdx.released.retractions.v1").partitions, retraction_lag
+        assert set(retraction_lag.values()) == {0.0}, retraction_lag
         consumed = series('sum by (topic) (gdx_events_in_total{service="consent_gate"})', "topic")
         assert consumed["gdx.pseudo.consent.v1"] == len(granted) + 1, consumed
         # the index's internal query API is measured like the Beacon API (publish asked it, so did this test)
