@@ -177,6 +177,8 @@ def deployment(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -
         dep.gdx("wait", "--idle", "--timeout", "120")
         yield dep
     finally:
+        for proc in dep.procs.values():  # all at once: each takes a few seconds to leave its group
+            proc.send_signal(signal.SIGTERM)
         for s in list(dep.procs):
             dep.stop(s)
 
