@@ -81,8 +81,9 @@ def country_of(phenopacket: Mapping[str, Any]) -> str | None:
 
 
 def sex_of(phenopacket: Mapping[str, Any]) -> str:
+    """The subject's sex; absent means UNKNOWN_SEX, the proto3 default that JSON writers leave out."""
     sex = _get(phenopacket, "subject", "sex")
-    return sex if isinstance(sex, str) and sex else UNKNOWN
+    return sex if isinstance(sex, str) and sex else "UNKNOWN_SEX"
 
 
 def small_cell_report(records: Mapping[str, Iterable[Mapping[str, Any]]], k: int, *,

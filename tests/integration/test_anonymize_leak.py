@@ -325,7 +325,7 @@ def expected_uk1_groups(pipeline: Pipeline, k: int) -> list[dict[str, Any]]:
         band = "90+" if years >= 90 else f"{years // 10 * 10}-{years // 10 * 10 + 9}"
         origin = [m["value"]["ontologyClass"]["label"] for m in pp.get("measurements", [])
                   if m["assay"]["id"] == "GAZ:00000448"]
-        counts[(pp["subject"].get("sex", "unknown"), band, origin[0] if origin else "unknown")] += 1
+        counts[(pp["subject"].get("sex", "UNKNOWN_SEX"), band, origin[0] if origin else "unknown")] += 1
     return [{"dataset": UK1, "sex": sex, "age_band": band, "country": country, "participants": n, "small": n < k}
             for (sex, band, country), n in sorted(counts.items())]
 

@@ -132,3 +132,11 @@ def test_released_clinical_keeps_the_newest_consent_and_honours_retractions():
     packets = state.phenopackets()
     assert {pp["subject"]["id"]: pp["subject"]["timeAtLastEncounter"]["age"]["iso8601duration"]
             for pp in packets["ds1"]} == {"p1": "P45Y", "p3": "P61Y"}
+
+
+def test_missing_sex_is_unknown_sex():
+    # Ingest writes proto3 JSON, which leaves the default UNKNOWN_SEX out: both spellings are one group.
+    stated, left_out = person("p1", "UNKNOWN_SEX"), person("p2")
+    del left_out["subject"]["sex"]
+    assert small_cell_report({"ds1": [stated, left_out]}, k=2) == [
+        SmallCellRow("ds1", "UNKNOWN_SEX", "30-39", "unknown", 2, False)]
