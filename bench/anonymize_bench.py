@@ -97,7 +97,7 @@ def _measure(ctx: BenchContext, label: str, vcf: Path, phenopackets: list[Path],
         ctx.figure(f"anonymize handler alone, variant events, {label}", variants / seconds["variants"], "variants/s",
                    baseline=f"anonymize service, {label}", **params,
                    note="Anonymizer.handle over the decoded batches and manifests in memory: no Kafka, no Avro")
-        if seconds.get("clinical"):
+        if seconds["clinical records"]:
             ctx.figure(f"anonymize handler alone, phenopackets, {label}", seconds["clinical records"] /
                        seconds["clinical"], "records/s", **params, note="de-identify and validate each")
     finally:
