@@ -338,7 +338,7 @@ class Runner:
         try:
             self._commit({tp: self.consumer.position(tp) for tp in self._assigned})
         except Exception as exc:  # noqa: BLE001 - the next owner copes with an older commit
-            log.warning("hand-over commit failed", extra={"error": str(exc)})
+            log.warning("hand-over commit failed: %s", exc, extra={"error": str(exc)})
 
     def _update_lag(self) -> None:
         if not self._assigned:
