@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
 
 correlation_id: contextvars.ContextVar[str] = contextvars.ContextVar("correlation_id", default="")
 
+# a field named like a secret is never written, whoever passed it (`extra={"password": ...}` by mistake)
+_SECRET_FIELD = re.compile(r"pass(word|wd)|secret|token|private|credential", re.IGNORECASE)
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -32,7 +35,7 @@ class JsonFormatter(logging.Formatter):
             entry["correlation_id"] = cid
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = "***" if _SECRET_FIELD.search(key) else value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

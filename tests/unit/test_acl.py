@@ -99,3 +99,17 @@ def test_secret_settings_never_show(tmp_path) -> None:
     assert Settings.from_env({}).raw_retention_ms == 24 * 3600 * 1000
     with pytest.raises(SettingsError, match="GDX_RAW_RETENTION_MS"):
         Settings.from_env({"GDX_RAW_RETENTION_MS": "0"})
+
+
+def test_the_json_log_formatter_never_writes_a_field_named_like_a_secret() -> None:
+    import json
+    import logging
+
+    from gdx.common.logs import JsonFormatter
+
+    record = logging.LogRecord("gdx.test", logging.INFO, __file__, 1, "connected", (), None)
+    record.__dict__.update({"kafka_password": "hunter2-secret-value", "token": "eyJhbGciOi", "topic": "gdx.schemas"})
+    line = JsonFormatter("index").format(record)
+    assert "hunter2" not in line and "eyJhbGciOi" not in line
+    entry = json.loads(line)
+    assert entry["kafka_password"] == "***" and entry["token"] == "***" and entry["topic"] == "gdx.schemas"
