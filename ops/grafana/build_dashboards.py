@@ -233,10 +233,12 @@ def api() -> dict:
         Panel("Requests by status", "Requests over the dashboard's time range, by status.",
               [Target(f"sum by (status) (increase({ep}{{{SVC}}}[$__range]))", "{{status}}", instant=True)],
               kind="bargauge"),
-        Panel("Index size: variants", "Variants in the index (gdx_index_variants).",
-              [Target("max by (service) (gdx_index_variants)", "{{service}}")], unit="short"),
-        Panel("Index size: participants", "Participants with released data in the index.",
-              [Target("max by (service) (gdx_index_participants)", "{{service}}")], unit="short"),
+        Panel("Index size: variants", "Variants in the index (gdx_index_variants), summed over index workers: "
+              "each holds its partitions' share (a variant seen on two workers' partitions counts twice).",
+              [Target("sum by (service) (gdx_index_variants)", "{{service}}")], unit="short"),
+        Panel("Index size: participants", "Participants with released data in the index, summed over index "
+              "workers (a participant with data on two workers' partitions counts twice).",
+              [Target("sum by (service) (gdx_index_participants)", "{{service}}")], unit="short"),
         Panel("Index size: participants per dataset", "Participants with released data in the index, per dataset "
               "(gdx_index_dataset_participants, summed over index workers: each holds its partitions' share).",
               [Target("sum by (dataset) (gdx_index_dataset_participants)", "{{dataset}}")], unit="short"),
