@@ -24,7 +24,7 @@ def test_single_broker_restarted_mid_stream_loses_nothing(tmp_path: Path):
     try:
         kafka = KafkaTestEnv(broker.bootstrap, unique_prefix(), tmp_path / "run")
         kafka.apply_topics()
-        stream = Stream(tmp_path / "data", files=5)
+        stream = Stream()
         procs = service_processes(kafka, tmp_path, feed=False)
         outage: list[float] = []
 

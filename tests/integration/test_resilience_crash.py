@@ -27,7 +27,7 @@ KILL_AFTER_FILE = {1: "anonymize", 2: "consent_gate", 3: "index", 4: "publish"}
 
 
 def test_every_stream_service_killed_mid_stream_loses_and_doubles_nothing(kafka: KafkaTestEnv, tmp_path: Path):
-    stream = Stream(tmp_path / "data")
+    stream = Stream()
     procs = service_processes(kafka, tmp_path)
     settings = Settings.from_env(kafka.env)
     lag_at_kill: dict[str, int] = {}
@@ -50,7 +50,7 @@ def test_every_stream_service_killed_mid_stream_loses_and_doubles_nothing(kafka:
             supervisor.next_start[name] = {f"GDX_{name.upper()}_CRASH_BEFORE_COMMIT": "3"}
             procs[name].kill()
 
-        stream.send(producer, pause_s=1.5, after_file=kill)
+        stream.send(producer, pause_s=1.0, after_file=kill)
         producer.close()
         assert_exact(stream, kafka, [procs["index"].query_url], feed=True)
     for name in KILL_AFTER_FILE.values():

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.resilience
 
 
 def test_second_worker_of_each_stream_service_joins_and_leaves_mid_stream(kafka: KafkaTestEnv, tmp_path: Path):
-    stream = Stream(tmp_path / "data", files=5)
+    stream = Stream()
     subscriptions = subscribe(tmp_path / "subscriptions.json")
     first = [anonymize(kafka, keys=KEYS).start(), consent_gate(kafka).start(),
              feeds(kafka, subscriptions_file=subscriptions).start()]
