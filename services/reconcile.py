@@ -15,6 +15,10 @@ Counted per VCF record (a multi-allelic record is one record), per file:
   consent that allows release, or every participant it was released for has since withdrawn (a
   retraction voids releases made under older consents).
 
+Files ingest rejected before any manifest (a VCF it could not read at all, an invalid phenopacket) are
+listed as REJECTED with the records ingest's dead letter accounts for (0 for an unreadable VCF, 1 for a
+phenopacket).
+
 A file reconciles when in = indexed + withheld + dead-lettered and the index agrees: each file on one
 worker only (two would count it twice), every batch the gate passed indexed, an END file complete. Run
 it once the pipeline is idle (`gdx wait --idle`): records still in flight show as a difference.
