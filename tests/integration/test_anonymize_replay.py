@@ -46,6 +46,18 @@ def snapshot(kafka: KafkaTestEnv, skip: Offsets) -> tuple[Snapshot, Offsets]:
     return {k: sorted(v) for k, v in out.items()}, offsets
 
 
+def committed(kafka: KafkaTestEnv) -> dict[str, int]:
+    from gdx.common.kafka import make_admin
+
+    admin = make_admin(kafka.settings())
+    try:
+        group = f"{kafka.prefix}gdx.anonymize"
+        offsets = admin.list_group_offsets(group).get(group, {}) or {}
+        return {f"{tp.topic}:{tp.partition}": o.offset for tp, o in offsets.items()}
+    finally:
+        admin.close()
+
+
 def count(snap: Snapshot) -> int:
     return sum(map(len, snap.values()))
 
@@ -54,8 +66,11 @@ def run_pass(kafka: KafkaTestEnv, expected: int, skip: Offsets, **settings: Any)
     """Start anonymize, wait until it produced `expected` new events, stop it; the new events."""
     service = anonymize(kafka, **settings).start()
     try:
-        wait_for(lambda: service.thread.is_alive() and count(snapshot(kafka, skip)[0]) >= expected, 120,
-                 what=f"{expected} events")
+        try:
+            wait_for(lambda: service.thread.is_alive() and count(snapshot(kafka, skip)[0]) >= expected, 120,
+                     what=f"{expected} events")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; service: {service.runner.health()}, committed: {committed(kafka)}") from None
         metrics = urllib.request.urlopen(service.metrics_url + "/metrics", timeout=10).read().decode()
     finally:
         assert service.stop() == 0
