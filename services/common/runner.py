@@ -153,7 +153,8 @@ class Runner:
         code = 0
         try:
             while self._running:
-                polled = self.consumer.poll(timeout_ms=500)
+                # a handler that also reads other topics in tick() may ask for a shorter wait here
+                polled = self.consumer.poll(timeout_ms=getattr(self.handler, "poll_timeout_ms", 500))
                 self.stats.last_poll = time.monotonic()
                 n = self._process_poll(polled)
                 n += self._tick()

@@ -53,8 +53,10 @@ class ConsentReader:
         self.schemas = schemas
         self.store = store
         self.topic = topics.name(PSEUDO_CONSENT)
+        # a short fetch wait: the loop polls this consumer without blocking, so a consent event must not
+        # sit behind a fetch the broker holds open (revocation latency)
         self.consumer = make_consumer(settings, None, f"gdx.{SERVICE}.consent-reader",
-                                      max_poll_records=settings.consent_poll_records)
+                                      max_poll_records=settings.consent_poll_records, fetch_max_wait_ms=50)
         parts = self.consumer.partitions_for_topic(self.topic) or set()
         self.tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
         self.consumer.assign(self.tps)
@@ -74,11 +76,11 @@ class ConsentReader:
     def lag(self) -> int:
         return sum(self.lag_by_partition().values())
 
-    def poll(self) -> list[tuple[dict[str, Any], int, tuple[int, int]]]:
+    def poll(self, timeout_ms: int = 0) -> list[tuple[dict[str, Any], int, tuple[int, int]]]:
         """Consent events read since the last poll, each with its (partition, offset). Positions are
         saved by whoever applies them (`save_positions`)."""
         out = []
-        for tp, recs in self.consumer.poll(timeout_ms=0).items():
+        for tp, recs in self.consumer.poll(timeout_ms=timeout_ms).items():
             for rec in recs:
                 _, value = self.schemas.decode(rec.value)
                 out.append((value, Envelope.from_headers(rec.headers).created_ms, (tp.partition, rec.offset)))
@@ -135,22 +137,29 @@ class ConsentGateApp:
     """The handler the runner drives: data events via handle(), consent events and hand-overs via
     tick(), partition moves via on_assign()/on_revoke(), commit metadata via commit_metadata()."""
 
+    # Data and consent are read by two consumers in one loop: both wait briefly when idle, so a consent
+    # event (a revocation above all) is applied within about 0.2 s of reaching the topic.
+    poll_timeout_ms = 100
+
     def __init__(self, handler: ConsentGateHandler, reader: ConsentReader, settings: ConsentGateSettings | None = None):
         self.handler = handler
         self.reader = reader
         self.settings = settings
         self.pending = 0  # consent events not yet applied (read by the health endpoint)
+        self._handled = 0  # data events since the last tick: when none, the consent poll may wait
         self._lag_checked = 0.0
         self._unapplied: list[tuple[dict[str, Any], int, tuple[int, int]]] = []
         self.handler.owned = set()
 
     def handle(self, event: Event) -> Iterable[Output]:
+        self._handled += 1
         return self.handler.handle(event)
 
     def tick(self) -> Iterable[Output]:
         outputs = self.handler.complete_handoffs() if self.handler.store.handoffs() else []
+        wait, self._handled = (0 if self._handled else self.poll_timeout_ms), 0
         # events read but not applied (a replay's fetch failed and the runner retries) are kept
-        items = self._unapplied = self._unapplied or self.reader.poll()
+        items = self._unapplied = self._unapplied or self.reader.poll(wait)
         if items:
             outputs += self.handler.apply_consents(list(items))
             self.reader.save_positions(items)

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from operator import itemgetter
 from typing import Any
 
 from gdx.common.duo import InvalidDuoCode, parse_code
@@ -70,22 +71,30 @@ def slice_records(records: Sequence[dict[str, Any]], keep: Sequence[int], n_samp
     """The records with per-sample arrays cut to the samples at indexes `keep` (in that order)."""
     if len(keep) == n_samples and list(keep) == list(range(n_samples)):
         return list(records)
+    # byte positions to keep per field width, computed once per batch (records share the sample order)
+    picks: dict[int, Any] = {}
+
+    def cut(data: bytes, width: int) -> bytes:
+        pick = picks.get(width)
+        if pick is None:
+            positions = [i * width + k for i in keep for k in range(width)]
+            pick = picks[width] = itemgetter(*positions) if len(positions) > 1 else (
+                (lambda d, p=positions[0]: (d[p],)) if positions else (lambda d: ()))
+        got = pick(data)
+        return bytes(got) if isinstance(got, tuple) else bytes((got,))
+
     out = []
     for rec in records:
-        ploidy = rec["ploidy"]
-        gt = rec["gt"]
         new = dict(rec)
-        new["gt"] = b"".join(gt[i * ploidy:(i + 1) * ploidy] for i in keep)
-        phased = rec["phased"]
-        new["phased"] = bytes(phased[i] for i in keep)
+        new["gt"] = cut(rec["gt"], rec["ploidy"])
+        new["phased"] = cut(rec["phased"], 1)
         for name in ("dp", "gq"):
             data = rec.get(name)
             if data is not None:
-                new[name] = b"".join(data[i * 4:(i + 1) * 4] for i in keep)
+                new[name] = cut(data, 4)
         ad = rec.get("ad")
         if ad is not None:
-            width = 4 * (1 + len(rec["alts"]))
-            new["ad"] = b"".join(ad[i * width:(i + 1) * width] for i in keep)
+            new["ad"] = cut(ad, 4 * (1 + len(rec["alts"])))
         out.append(new)
     return out
 
