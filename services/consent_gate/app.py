@@ -156,14 +156,20 @@ class ConsentGateApp:
         return self.handler.handle(event)
 
     def tick(self) -> Iterable[Output]:
-        outputs = self.handler.complete_handoffs() if self.handler.store.handoffs() else []
         wait, self._handled = (0 if self._handled else self.poll_timeout_ms), 0
-        # events read but not applied (a replay's fetch failed and the runner retries) are kept
+        # events read but not applied (a replay's fetch failed and the runner retries) are kept, and
+        # what the failed turn changed in the store is undone, so the retry applies them afresh
         items = self._unapplied = self._unapplied or self.reader.poll(wait)
+        try:
+            outputs = self.handler.complete_handoffs() if self.handler.store.handoffs() else []
+            if items:
+                outputs += self.handler.apply_consents(list(items))
+                self.reader.save_positions(items)
+        except Exception:
+            self.handler.store.rollback()
+            raise
+        self._unapplied = []
         if items:
-            outputs += self.handler.apply_consents(list(items))
-            self.reader.save_positions(items)
-            self._unapplied = []
             self.handler.metrics.events_in.labels(SERVICE, PSEUDO_CONSENT).inc(len(items))
         if items or time.monotonic() - self._lag_checked > 1.0:
             # the consent topic is read outside the runner's consumer group: its lag is exported here

@@ -172,6 +172,11 @@ class GateStore:
     def commit(self) -> None:
         self.db.commit()
 
+    def rollback(self) -> None:
+        """Forget every change since the last commit (a consent batch that failed half-way)."""
+        self.db.rollback()
+        self._cache.clear()
+
     def close(self) -> None:
         self.db.commit()
         self.db.close()

@@ -192,3 +192,41 @@ def test_a_grant_repeated_in_the_same_batch_still_releases_held_data(gate, log):
     out = gate.apply_consents([(consent(P1, "GRANTED", 10), 0, None), (consent(P1, "GRANTED", 20), 0, None)])
     assert released_samples(out) == [[P1]]
     assert of(out, RELEASED_VARIANTS)[0]["terms"][0]["consent_time"] == 20
+
+
+def test_a_consent_batch_that_fails_half_way_is_applied_afresh_on_retry(tmp_path, log):
+    from gdx.common.errors import TransientError
+    from gdx.consent_gate.app import ConsentGateApp
+
+    fail = {"on": True}
+
+    def flaky(topic: str, partition: int, offset: int) -> tuple[str, dict[str, Any]]:
+        if fail["on"]:
+            raise TransientError("broker away")
+        return log.fetch(topic, partition, offset)
+
+    class Reader:
+        topic = "gdx.pseudo.consent.v1"
+        handed = [(consent(P1, "GRANTED", 10), 0, (0, 0)), (consent(P2, "GRANTED", 10), 0, (0, 1))]
+
+        def poll(self, timeout_ms: int = 0) -> list[Any]:
+            out, self.handed = self.handed, []
+            return out
+
+        def save_positions(self, items: list[Any]) -> None:
+            pass
+
+        def lag_by_partition(self) -> dict[int, int]:
+            return {}
+
+    gate = ConsentGateHandler(GateStore(tmp_path / "g.sqlite"), flaky)
+    gate.handle(log.append(PSEUDO_VARIANTS, 0, variant_batch(FILE, 0, [P1, P2])))
+    gate.commit()
+    app = ConsentGateApp(gate, Reader())  # type: ignore[arg-type]
+    app.handler.owned = None
+    with pytest.raises(TransientError):
+        app.tick()
+    fail["on"] = False
+    out = list(app.tick())  # the runner's retry
+    assert released_samples(out) == [[P1, P2]]
+    assert [a["action"] for a in of(out, AUDIT) if a["action"].startswith("consent")] == ["consent-granted"] * 2
