@@ -426,6 +426,14 @@ def pipeline_idle(kafka: KafkaTestEnv) -> bool:
     return all(not sum(v.values()) for v in group_lag(settings).values())
 
 
+def wait_idle(kafka: KafkaTestEnv, timeout: float) -> None:
+    """Every pipeline consumer group has caught up; on timeout, says where input is left."""
+    try:
+        wait_for(lambda: pipeline_idle(kafka), timeout, interval=1, what="pipeline idle")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; consumer lag: {group_lag(Settings.from_env(kafka.env))}") from None
+
+
 def assert_exact(stream: Stream, kafka: KafkaTestEnv, query_urls: list[str], timeout: float = 120,
                  feed: bool = False) -> None:
     """Wait until the index answers exactly the ground truth and the pipeline is idle, then check the

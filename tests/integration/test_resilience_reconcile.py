@@ -17,7 +17,7 @@ from gdx.ingest.consent import grant_record, revoke_record
 from gdx.ingest.demo_data import generate
 
 from tests.integration.pipeline import anonymize, consent_gate, index, ingest_producer
-from tests.integration.resilience import GDX, pipeline_idle
+from tests.integration.resilience import GDX, pipeline_idle, wait_idle
 from tests.kafka_harness import KafkaTestEnv, wait_for
 
 pytestmark = pytest.mark.resilience
@@ -66,7 +66,7 @@ def test_every_record_is_indexed_withheld_or_dead_lettered(kafka: KafkaTestEnv, 
     worker = index(kafka).start()
     try:
         urls = [worker.query_url]
-        wait_for(lambda: pipeline_idle(kafka), 120, what="pipeline idle")
+        wait_idle(kafka, 120)
         producer.send_consent(revoke_record(CENTER, DATASET, c0))
         producer.flush()
         wait_for(lambda: kafka.decode_all("gdx.released.retractions.v1"), 60, what="the retraction")
@@ -117,7 +117,7 @@ def test_reconcile_accounts_for_the_whole_bad_input_corpus(kafka: KafkaTestEnv, 
     services = [anonymize(kafka).start(), consent_gate(kafka).start()]
     worker = index(kafka).start()
     try:
-        wait_for(lambda: pipeline_idle(kafka), 240, interval=1, what="pipeline idle")
+        wait_idle(kafka, 240)
         code, files, err = wait_for(lambda: (r := gdx_reconcile(kafka, [worker.query_url]))[0] == 0 and r, 120,
                                     interval=2, what="gdx reconcile exits 0")
     finally:
