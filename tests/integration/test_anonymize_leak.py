@@ -176,6 +176,11 @@ def running(services: list[Any]) -> bool:
     return True
 
 
+def state(kafka: KafkaTestEnv, services: list[Any]) -> str:
+    """What the services and their consumer groups hold, for a failure message."""
+    return f"services: {[s.runner.health() for s in services]}; lag: {group_lag(kafka.settings())}"
+
+
 @pytest.fixture(scope="module")
 def pipeline(shared_data: Path, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     tmp = tmp_path_factory.mktemp("leak")
@@ -233,8 +238,11 @@ def pipeline(shared_data: Path, kafka_bootstrap: str, tmp_path_factory: pytest.T
     services = [anonymize(kafka, keys=KEYS).start(), consent_gate(kafka).start()]
     try:
         t1 = time.monotonic()
-        seen = consume_until(watcher, lambda rs: running(services) and released_keys(rs) == granted, timeout=400,
-                             decode=lambda r: decode(r.value))
+        try:
+            seen = consume_until(watcher, lambda rs: running(services) and released_keys(rs) == granted,
+                                 timeout=300, decode=lambda r: decode(r.value))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {state(kafka, services)}") from None
         seconds["anonymize and release"] = time.monotonic() - t1
         revoked = sorted(samples)[::100][:REVOKED]
         for sid in revoked:
