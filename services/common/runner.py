@@ -127,6 +127,12 @@ class Runner:
         self.producer = EventProducer(self.settings, self.schemas, self.topics, f"gdx.{self.service}")
         self.consumer = make_consumer(self.settings, self.group_id, f"gdx.{self.service}.{self.settings.instance}",
                                       max_poll_records=self.settings.poll_records)
+        # a topic created moments ago may not be in this client's metadata yet: the group's first
+        # assignment would then leave its partitions out until the next metadata refresh (minutes)
+        deadline = time.monotonic() + 30
+        for topic in self.inputs:
+            while not self.consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+                time.sleep(0.2)
         self.consumer.subscribe(self.inputs, listener=_Listener(self))
         self.metrics.up.labels(self.service).set(1)
         log.info("started", extra={"inputs": self.inputs, "group": self.group_id, "metrics_port": self.health_server.port})
