@@ -13,7 +13,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from tests.integration.pipeline import ingest_producer
 from tests.integration.resilience import Stream, Supervisor, assert_exact, service_processes
-from tests.kafka_harness import KafkaTestEnv, unique_prefix
+from tests.kafka_harness import KafkaTestEnv, unique_prefix, wait_for
 
 pytestmark = pytest.mark.resilience
 
@@ -31,11 +31,17 @@ def run_on_cluster(cluster: KafkaCluster, tmp_path: Path) -> None:
     kafka = KafkaTestEnv(cluster.bootstrap, unique_prefix(), tmp_path / "run")
     kafka.apply_topics()  # replication follows the cluster: 3 replicas, min.insync.replicas 2
     admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+    names = [kafka.topic(t) for t in ("gdx.raw.variants.v1", "gdx.released.variants.v1")]
+
+    def replicated() -> bool:  # a new topic's metadata and config reach every broker in a moment
+        described = admin.describe_topics(names)
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])["topic"]
+        return (len(described) == len(names) and all(d["partitions"] for d in described)
+                and all(len(p["replica_nodes"]) == 3 for d in described for p in d["partitions"])
+                and all(c.get("min.insync.replicas", {}).get("value") == "2" for c in configs.values()))
+
     try:
-        names = [kafka.topic(t) for t in ("gdx.raw.variants.v1", "gdx.released.variants.v1")]
-        assert all(len(p["replica_nodes"]) == 3 for d in admin.describe_topics(names) for p in d["partitions"])
-        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
-        assert all(c["min.insync.replicas"]["value"] == "2" for c in configs["topic"].values())
+        wait_for(replicated, 30, what="catalog topics with 3 replicas and min.insync.replicas 2")
     finally:
         admin.close()
     stream = Stream(files=4)
