@@ -248,8 +248,16 @@ def serve(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import importlib
 
+    from kafka.errors import KafkaError
+
     module = importlib.import_module(f"gdx.{args.service}.app")
-    return int(module.main() or 0)
+    try:
+        return int(module.main() or 0)
+    except KafkaError as exc:
+        # broker unreachable beyond the clients' retries: exit 75 (EX_TEMPFAIL) so a supervisor restarts
+        print(f"gdx serve {args.service}: Kafka unavailable, exiting for a restart: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 75
 
 
 @command

@@ -149,15 +149,15 @@ class Runner:
 
     def run(self, max_idle_s: float | None = None) -> int:
         """Main loop. Returns the exit code; `max_idle_s` ends it after that long without input (tests)."""
-        self.start()
-        self._running = True
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.stop)
-            signal.signal(signal.SIGINT, self.stop)
         idle_since = time.monotonic()
         last_lag = 0.0
         code = 0
         try:
+            self.start()
+            self._running = True
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, self.stop)
+                signal.signal(signal.SIGINT, self.stop)
             while self._running:
                 # a handler that also reads other topics in tick() may ask for a shorter wait here
                 polled = self.consumer.poll(timeout_ms=getattr(self.handler, "poll_timeout_ms", 500))
@@ -174,6 +174,11 @@ class Runner:
             self._handover()
         except _TransientExit as exc:
             log.error("giving up after transient errors; exiting for a restart", extra={"error": str(exc)})
+            code = EXIT_TRANSIENT
+        except KafkaError as exc:
+            # the broker stayed away longer than the clients' own retries: nothing was committed past what
+            # was acknowledged, so a restart by the supervisor resumes exactly (the same exit as above)
+            log.error("Kafka unavailable; exiting for a restart", extra={"error": f"{type(exc).__name__}: {exc}"})
             code = EXIT_TRANSIENT
         finally:
             self.close()
