@@ -35,6 +35,7 @@ from typing import Any
 
 from gdx.cli import CommandError, command
 from gdx.common.envelope import HEADER_SCHEMA
+from kafka.errors import KafkaError
 
 RAW, PSEUDO, RELEASED = "gdx.raw.variants.v1", "gdx.pseudo.variants.v1", "gdx.released.variants.v1"
 RETRACTIONS, DEAD_LETTERS = "gdx.released.retractions.v1", "gdx.ops.deadletters.v1"
@@ -96,6 +97,8 @@ class Reconciler:
         self.retracted: dict[tuple[str, str], int] = {}
         self.index_files: list[dict[str, Any]] | None = None
         self.unreachable: list[str] = []
+        self.raw_unreadable = ""  # why the raw topic could not be read (secured broker), if it could not
+        self.positions: dict[tuple[str, int, int], str] = {}  # (topic, partition, offset) -> file id, for dead letters
 
     def _file(self, file_id: str) -> _File:
         return self.files.setdefault(file_id, _File())
@@ -103,15 +106,15 @@ class Reconciler:
     def read(self, use_index: bool = True) -> Reconciler:
         from gdx.ops_commands import completeness, read_topics
 
-        positions: dict[tuple[str, int, int], str] = {}  # (topic, partition, offset) -> file id, for dead letters
         for stage in STAGES:
-            for _, rec in read_topics(self.settings, [stage]):
-                file_id = (rec.key or b"").decode("utf-8", "replace")
-                positions[(stage, rec.partition, rec.offset)] = file_id
-                schema = dict(rec.headers or []).get(HEADER_SCHEMA, b"").decode()
-                if stage != RELEASED and schema and schema not in MANIFESTS:
-                    continue  # raw and pseudonymized batches: only read back when dead-lettered
-                self._event(stage, *self._decode(rec.value))
+            try:
+                self._read_stage(stage)
+            except KafkaError as exc:
+                if stage != RAW:
+                    raise
+                # a secured broker lets only anonymize read raw data: the pseudonymized copies of the
+                # manifests still count every file anonymize has seen; files it has not are invisible
+                self.raw_unreadable = type(exc).__name__
         for _, rec in read_topics(self.settings, [RETRACTIONS]):
             _, value = self._decode(rec.value)
             if value:
@@ -122,10 +125,21 @@ class Reconciler:
             _, value = self._decode(rec.value)
             if value and value["event_id"] not in seen:  # at-least-once: the same dead letter may come twice
                 seen.add(value["event_id"])
-                self._dead_letter(value, positions)
+                self._dead_letter(value, self.positions)
         if use_index:
             self.index_files, self.unreachable = completeness(self.settings)
         return self
+
+    def _read_stage(self, stage: str) -> None:
+        from gdx.ops_commands import read_topics
+
+        for _, rec in read_topics(self.settings, [stage]):
+            file_id = (rec.key or b"").decode("utf-8", "replace")
+            self.positions[(stage, rec.partition, rec.offset)] = file_id
+            schema = dict(rec.headers or []).get(HEADER_SCHEMA, b"").decode()
+            if stage != RELEASED and schema and schema not in MANIFESTS:
+                continue  # raw and pseudonymized batches: only read back when dead-lettered
+            self._event(stage, *self._decode(rec.value))
 
     def _decode(self, data: bytes | None) -> tuple[str, dict[str, Any]]:
         from gdx.common.avro import DecodeError, UnknownSchemaError
@@ -277,7 +291,12 @@ def reconcile(sub: argparse._SubParsersAction) -> None:
 def _reconcile(args: argparse.Namespace) -> int:
     from gdx.ops_commands import StatusSettings
 
-    reports = Reconciler(StatusSettings.from_env()).read(use_index=not args.no_index).report()
+    reconciler = Reconciler(StatusSettings.from_env()).read(use_index=not args.no_index)
+    if reconciler.raw_unreadable:
+        print(f"gdx reconcile: note: {RAW} is not readable by this principal ({reconciler.raw_unreadable}); "
+              "files counted from their pseudonymized manifests, a file anonymize has not seen is not listed",
+              file=sys.stderr)
+    reports = reconciler.report()
     if args.file_id:
         wanted = args.file_id if args.file_id.startswith("sha256:") else "sha256:" + args.file_id
         reports = [r for r in reports if r.file_id == wanted]

@@ -329,6 +329,15 @@ def test_2c_gdx_tail_of_a_raw_topic_fails_with_a_one_line_reason(secured: Secure
     assert code == 0  # what the catalog gives the operator works
 
 
+def test_2d_gdx_reconcile_as_the_operator_counts_files_without_reading_raw_data(secured: Secured,
+                                                                                pipeline: dict[str, Any]) -> None:
+    env: KafkaTestEnv = secured.env(pipeline["env"].prefix, "cli")
+    code, out, err = secured.gdx(env, "reconcile", "--json", "--no-index")
+    assert "gdx.raw.variants.v1 is not readable by this principal" in err, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows and all(r["records_in"] > 0 for r in rows), out
+
+
 # -- 3 ---------------------------------------------------------------------------------------------------------------
 def test_3_wrong_password_unknown_user_and_plaintext_are_refused(secured: Secured, pipeline: dict[str, Any]) -> None:
     bad_before = secured.broker_log_lines("invalid credentials with SASL mechanism SCRAM-SHA-512")

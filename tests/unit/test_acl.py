@@ -62,10 +62,14 @@ def test_a_feed_is_read_by_its_subscriber_only_and_written_by_publish(catalog: T
     assert not _topics(gs, "subscriber-acme", "write")
 
 
-def test_the_operator_describes_everything_but_reads_no_pipeline_data(catalog: TopicCatalog) -> None:
+def test_the_operator_describes_everything_but_reads_no_raw_data(catalog: TopicCatalog) -> None:
     gs = grants(catalog, [])
-    assert _topics(gs, "cli", "read") == {"p.gdx.schemas", "p.gdx.review.decisions.v1", "p.gdx.audit.events.v1",
-                                          "p.gdx.ops.deadletters.v1"}
+    reads = _topics(gs, "cli", "read")
+    # gdx reconcile, smallcell, trace and tail read what is pseudonymized; raw and feeds stay closed
+    assert reads == {"p.gdx.schemas", "p.gdx.review.decisions.v1", "p.gdx.audit.events.v1", "p.gdx.ops.deadletters.v1",
+                     "p.gdx.pseudo.variants.v1", "p.gdx.pseudo.clinical.v1", "p.gdx.pseudo.consent.v1",
+                     "p.gdx.released.variants.v1", "p.gdx.released.clinical.v1", "p.gdx.released.retractions.v1"}
+    assert not any(".raw." in t or ".feed." in t for t in reads)
     assert Grant("cli", "topic", "p.gdx.", "prefixed", "describe") in gs
     assert all(g.principal != "admin" for g in gs)  # a super user: no ACL needed
 
