@@ -25,3 +25,7 @@ fi
 if [ -x "$(dirname "$0")/install_prometheus.sh" ]; then
   "$(dirname "$0")/install_prometheus.sh" >/dev/null
 fi
+# a Docker Compose client (built with Go where none is installed) so `docker compose config` is checked
+if [ -x "$(dirname "$0")/install_compose.sh" ]; then
+  "$(dirname "$0")/install_compose.sh" >/dev/null || echo "note: no docker compose client; compose checks skip" >&2
+fi

@@ -43,6 +43,9 @@ def _compose_client() -> list[str] | None:
         candidates.append(["docker", "compose"])
     if shutil.which("docker-compose"):
         candidates.append(["docker-compose"])
+    built = REPO / ".cache" / "bin" / "docker-compose"  # ops/install_compose.sh, where Docker is absent
+    if built.exists():
+        candidates.append([str(built)])
     for cmd in candidates:
         try:
             done = subprocess.run([*cmd, "version"], capture_output=True, text=True, timeout=30)
