@@ -222,6 +222,7 @@ class EventProducer:
         self.topics = topics
         self.producer = producer or make_producer(settings, client_id)
         self._published: set[bytes] = set()
+        self.last_bytes = 0
         self._schemas_topic = topics.name(SCHEMAS_TOPIC)
 
     def publish_schema(self, ws: WriterSchema) -> None:
@@ -244,6 +245,7 @@ class EventProducer:
                                  " byte limit (lower the batch size)", reason_code="too-large")
         env = Envelope(**{**envelope.__dict__, "schema": schema, "fingerprint": ws.fingerprint_hex})
         kbytes = key.encode() if isinstance(key, str) else key
+        self.last_bytes = len(data)  # what a caller bounding its bytes in flight counts
         return self.producer.send(topic, key=kbytes, value=data, headers=env.headers(), partition=partition)
 
     def flush(self, timeout: float = 120) -> None:

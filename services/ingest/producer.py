@@ -42,6 +42,9 @@ class FileResult:
     file_id: str = ""
 
 
+IN_FLIGHT_BYTES = 32 * 1024 * 1024  # encoded events sent but not yet acknowledged, at most
+
+
 class IngestProducer:
     def __init__(self, settings: IngestSettings, metrics: Metrics | None = None, client: str = "cli"):
         self.settings = settings
@@ -52,20 +55,25 @@ class IngestProducer:
                                                                DEAD_LETTER_TOPIC, "gdx.schemas")])
         self.producer = EventProducer(settings, self.schemas, self.topics, f"gdx.{SERVICE}.{client}")
         self._pending: list[Any] = []
+        self._in_flight = 0
 
     def send(self, topic: str, key: str, schema: str, value: dict[str, Any], event_id: str,
              correlation: str | None = None) -> None:
         env = new_envelope(event_id, SERVICE, correlation)
         self._pending.append(self.producer.send(self.topics.name(topic), key, schema, value, env))
+        self._in_flight += self.producer.last_bytes
         self.metrics.events_out.labels(SERVICE, topic).inc()
         records = len(value.get("records", ()) or ())
         if records:
             self.metrics.records_out.labels(SERVICE, topic).inc(records)
-        if len(self._pending) >= 200:
+        # Bounded memory whatever the broker's pace: when it is slower than the reader (a busy machine),
+        # unacknowledged batches would pile up in the client; wait for them every 200 events or 32 MiB.
+        if len(self._pending) >= 200 or self._in_flight >= IN_FLIGHT_BYTES:
             self.flush()
 
     def flush(self) -> None:
         self.producer.flush()
+        self._in_flight = 0
         pending, self._pending = self._pending, []
         for fut in pending:
             fut.get(timeout=0)  # raises if the broker refused any event
