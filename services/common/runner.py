@@ -28,7 +28,7 @@ from gdx.common.metrics import HealthServer, Metrics, now_ms
 from gdx.common.service import ServiceSettings
 from gdx.common.topics import TopicCatalog
 from kafka import TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
@@ -369,13 +369,39 @@ class _TransientExit(Exception):
     pass
 
 
-class _Listener(ConsumerRebalanceListener):
+class _Listener(AsyncConsumerRebalanceListener):
+    """kafka-python 3 calls rebalance listeners on its IO thread, where a blocking commit cannot run:
+    the hand-over commit on a revoke awaits the coordinator's commit coroutine instead."""
+
     def __init__(self, runner: Runner):
         self.runner = runner
 
-    def on_partitions_revoked(self, revoked: Any) -> None:
+    async def on_partitions_revoked(self, revoked: Any) -> None:
         if self.runner._running:
-            self.runner._handover()
+            await self._handover(set(revoked))
+        self._revoked(revoked)
+
+    async def _handover(self, revoked: set[TopicPartition]) -> None:
+        runner = self.runner
+        describe = getattr(runner.handler, "commit_metadata", None)
+        if not runner._assigned or not describe:
+            return
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            subscription = runner.consumer._subscription  # noqa: SLF001 - positions without a network call
+            offsets = {}
+            for tp in runner._assigned:
+                state = subscription.assignment.get(tp)
+                position = getattr(state, "position", None)
+                if position is not None:
+                    offsets[tp] = OffsetAndMetadata(getattr(position, "offset", position), describe(), -1)
+            if offsets:
+                await runner.consumer._coordinator._commit_offsets_sync_async(offsets)  # noqa: SLF001
+        except Exception as exc:  # noqa: BLE001 - the next owner copes with an older commit
+            log.warning("hand-over commit failed: %s", exc, extra={"error": str(exc)})
+
+    def _revoked(self, revoked: Any) -> None:
         self.runner._assigned -= set(revoked)
         hook = getattr(self.runner.handler, "on_revoke", None)
         if hook:
@@ -384,7 +410,7 @@ class _Listener(ConsumerRebalanceListener):
             self.runner.metrics.consumer_lag.remove(self.runner.service, self.runner.topics.logical(tp.topic),
                                                     str(tp.partition)) if _has_label(self.runner, tp) else None
 
-    def on_partitions_assigned(self, assigned: Any) -> None:
+    async def on_partitions_assigned(self, assigned: Any) -> None:
         self.runner._assigned |= set(assigned)
         hook = getattr(self.runner.handler, "on_assign", None)
         if hook:
