@@ -199,14 +199,23 @@ def apply_topics(settings: Settings, catalog: TopicCatalog, extra: Iterable[str]
 
 def check_topics(settings: Settings, names: Iterable[str]) -> None:
     """Refuse to run when a topic the service needs does not exist (no broker-side auto-creation)."""
+    import time
+
     admin = make_admin(settings)
+    wanted = set(names)
+    # topics created a moment ago (gdx topics apply just ran) reach every broker's metadata a little
+    # later on a busy controller: look again for a few seconds before calling them missing
+    deadline = time.monotonic() + 15
     try:
-        existing = set(admin.list_topics())
+        while True:
+            missing = sorted(wanted - set(admin.list_topics()))
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     except KafkaError as exc:
         raise TransientError(f"cannot list topics at {settings.kafka_bootstrap}: {exc}") from exc
     finally:
         admin.close()
-    missing = sorted(set(names) - existing)
     if missing:
         raise ConfigurationError(f"topics missing: {', '.join(missing)} (run `gdx topics apply`)")
 
