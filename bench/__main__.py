@@ -25,7 +25,7 @@ from gdx.common.settings import REPO_ROOT
 
 from bench.harness import BenchContext, machine, write_report
 
-ORDER = ["ingest", "anonymize", "gate", "index_store", "publish", "e2e"]
+ORDER = ["ingest", "anonymize", "gate", "index_store", "publish", "e2e", "latency", "soak"]
 
 
 def suites() -> list[str]:
