@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pysam
 import pytest
-
 from gdx.ingest.consent import grant_record, revoke_record
 from gdx.ingest.demo_data import generate
+
 from tests.integration.pipeline import anonymize, consent_gate, ingest_producer
 from tests.kafka_harness import KafkaTestEnv, wait_for
 
