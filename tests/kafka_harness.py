@@ -93,22 +93,25 @@ class KafkaTestEnv:
         """Every record currently on the topics (up to their end offsets)."""
         c = self.consumer(*logical)
         try:
-            tps = list(c.assignment())
-            ends = c.end_offsets(tps)
-            out: list[Any] = []
-            deadline = time.monotonic() + timeout
-            while any(c.position(tp) < ends[tp] for tp in tps):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not read {logical} to the end within {timeout}s")
-                for recs in c.poll(timeout_ms=500).values():
-                    out.extend(recs)
-            return out
+            return read_to_end(c, list(c.assignment()), time.monotonic() + timeout, str(logical))
         finally:
             c.close()
 
     def decode_all(self, *logical: str) -> list[tuple[str, dict[str, Any]]]:
         cat = self.schemas
         return [cat.decode(r.value) for r in self.read_all(*logical)]
+
+
+def read_to_end(consumer: KafkaConsumer, tps: list[TopicPartition], deadline: float, what: str) -> list[Any]:
+    """Every record of the assigned partitions up to their end offsets now (monotonic `deadline`)."""
+    ends = consumer.end_offsets(tps)
+    out: list[Any] = []
+    while any(consumer.position(tp) < ends[tp] for tp in tps):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"could not read {what} to the end in time")
+        for recs in consumer.poll(timeout_ms=500).values():
+            out.extend(recs)
+    return out
 
 
 def consume_until(consumer: KafkaConsumer, predicate: Callable[[list[Any]], bool], timeout: float = 60,

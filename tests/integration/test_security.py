@@ -50,7 +50,7 @@ from kafka.errors import (
 )
 
 from tests.integration.pipeline import consent_gate, index, ingest_producer, publish
-from tests.kafka_harness import KafkaTestEnv, unique_prefix, wait_for
+from tests.kafka_harness import KafkaTestEnv, read_to_end, unique_prefix, wait_for
 
 CENTER, DATASET = "demo-center", "demo-dataset"  # demo-dataset is PUBLIC in the shipped Beacon configuration
 RAW = ("gdx.raw.variants.v1", "gdx.raw.clinical.v1", "gdx.raw.consent.v1")
@@ -237,14 +237,7 @@ def _read(config: dict[str, Any], topic: str, timeout_s: float = 20) -> list[Any
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        out: list[Any] = []
-        ends = consumer.end_offsets(tps)
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} within {timeout_s}s")
-            for recs in consumer.poll(timeout_ms=500).values():
-                out.extend(recs)
-        return out
+        return read_to_end(consumer, tps, deadline, topic)
     finally:
         consumer.close()
 
