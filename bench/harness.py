@@ -12,12 +12,10 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,19 +182,6 @@ def cpu_seconds(pid: int | None = None) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
-
-
-@contextmanager
-def timed() -> Iterator[Callable[[], float]]:
-    t0 = time.perf_counter()
-    end: list[float] = []
-    yield lambda: (end[0] if end else time.perf_counter()) - t0
-    end.append(time.perf_counter())
-
-
-def summarize_ms(values: Sequence[float]) -> dict[str, float]:
-    return {"p50": percentile(values, 0.5), "p99": percentile(values, 0.99),
-            "mean": statistics.fmean(values) if values else float("nan"), "n": len(values)}
 
 
 # -- report -----------------------------------------------------------------------------------------
