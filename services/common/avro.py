@@ -15,6 +15,7 @@ from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+from gdx.common.columns import COLUMNS, from_columns, to_columns
 from gdx.common.errors import PermanentError
 
 MAGIC = b"\xc3\x01"
@@ -94,6 +95,12 @@ class WriterSchema:
     schema: dict[str, Any]  # self-contained (named types expanded)
     parsed: Any
     fingerprint: bytes
+    reader: Any = None  # for a released older version: the current schema, which reads its data
+
+    @property
+    def columnar(self) -> bool:
+        """A variant batch schema: its records may travel by column (gdx.common.columns)."""
+        return any(f["name"] == COLUMNS for f in self.schema.get("fields", ()))
 
     @property
     def fingerprint_hex(self) -> str:
@@ -130,7 +137,19 @@ class SchemaCatalog:
             if path.name != f"{name}.avsc":
                 raise ValueError(f"{path.name}: file must be named after its schema's full name {name}.avsc")
             schemas[name] = data
-        return cls(schemas)
+        catalog = cls(schemas)
+        catalog._add_released(schema_dir / "released")
+        return catalog
+
+    def _add_released(self, released: Path) -> None:
+        """Decode data written with an older released version (schemas/released/v<N>) as the current schema."""
+        for version in sorted(released.glob("v*")) if released.is_dir() else []:
+            old = SchemaCatalog.load(version)
+            for name in old.names:
+                ws, current = old.writer(name), self._by_name.get(name)
+                if current is not None and ws.fingerprint not in self._by_fp:
+                    self._by_fp[ws.fingerprint] = WriterSchema(name, ws.schema, ws.parsed, ws.fingerprint,
+                                                               current.parsed)
 
     @property
     def names(self) -> list[str]:
@@ -156,6 +175,10 @@ class SchemaCatalog:
 
     def encode(self, name: str, value: dict[str, Any]) -> bytes:
         ws = self.writer(name)
+        if ws.columnar and value.get("records"):
+            columns = to_columns(value["records"])
+            if columns is not None:
+                value = {**value, "records": [], COLUMNS: columns}
         buf = io.BytesIO()
         buf.write(MAGIC)
         buf.write(ws.fingerprint)
@@ -171,10 +194,14 @@ class SchemaCatalog:
         if ws is None:
             raise UnknownSchemaError(f"unknown writer schema fingerprint {fp.hex()}")
         try:
-            value = fastavro.schemaless_reader(io.BytesIO(body), ws.parsed, None)
+            value: Any = fastavro.schemaless_reader(io.BytesIO(body), ws.parsed, ws.reader)
+            if isinstance(value, dict) and COLUMNS in value:
+                columns = value.pop(COLUMNS)
+                if columns is not None:
+                    value["records"] = from_columns(columns)
         except Exception as exc:  # fastavro raises many types on a corrupt body
             raise DecodeError(f"corrupt Avro body for {ws.name}: {type(exc).__name__}: {exc}") from exc
-        return ws.name, value  # type: ignore[return-value]
+        return ws.name, value
 
     def fingerprint_of(self, data: bytes) -> str | None:
         try:
