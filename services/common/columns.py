@@ -64,7 +64,7 @@ def _cut(blob: bytes, lengths: bytes) -> list[bytes | None]:
     ends = accumulate(max(s, 0) for s in sizes)
     out: list[bytes | None] = []
     start = 0
-    for size, end in zip(sizes, ends):
+    for size, end in zip(sizes, ends, strict=True):
         out.append(None if size < 0 else blob[start:end])
         start = end
     return out
@@ -147,5 +147,5 @@ def from_columns(cols: dict[str, Any]) -> list[dict[str, Any]]:
                   "end": None if i_end < 0 else i_end, "svtype": svtype, "svlen": svlen, "other": other},
          "ploidy": ploidy, "gt": gt, "phased": phased, "dp": s_dp, "gq": s_gq, "ad": s_ad}
         for (contig, pos, ids, ref, alt, qual, filt, ac, i_an, af, i_dp, i_end, svtype, svlen, other, ploidy,
-             gt, phased, s_dp, s_gq, s_ad) in zip(*columns)
+             gt, phased, s_dp, s_gq, s_ad) in zip(*columns, strict=True)
     ]
