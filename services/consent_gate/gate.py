@@ -13,9 +13,9 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from operator import itemgetter
 from typing import Any
 
+import numpy as np
 from gdx.common.duo import InvalidDuoCode, parse_code
 from gdx.consent_gate.matching import Decision
 
@@ -71,31 +71,41 @@ def slice_records(records: Sequence[dict[str, Any]], keep: Sequence[int], n_samp
     """The records with per-sample arrays cut to the samples at indexes `keep` (in that order)."""
     if len(keep) == n_samples and list(keep) == list(range(n_samples)):
         return list(records)
-    # byte positions to keep per field width, computed once per batch (records share the sample order)
-    picks: dict[int, Any] = {}
-
-    def cut(data: bytes, width: int) -> bytes:
-        pick = picks.get(width)
-        if pick is None:
-            positions = [i * width + k for i in keep for k in range(width)]
-            pick = picks[width] = itemgetter(*positions) if len(positions) > 1 else (
-                (lambda d, p=positions[0]: (d[p],)) if positions else (lambda d: ()))
-        got = pick(data)
-        return bytes(got) if isinstance(got, tuple) else bytes((got,))
-
-    out = []
-    for rec in records:
-        new = dict(rec)
-        new["gt"] = cut(rec["gt"], rec["ploidy"])
-        new["phased"] = cut(rec["phased"], 1)
-        for name in ("dp", "gq"):
-            data = rec.get(name)
+    # A per-sample array is a (samples x width) byte matrix. Those of one field and width across the
+    # batch are stacked and cut in one numpy call: a byte-wise Python pick cost ~7 us per 100 samples
+    # and field (milliseconds per record at 2,504 samples), a numpy call per record ~3 us.
+    rows = np.asarray(keep, dtype=np.intp)
+    fields = {
+        "gt": [r["ploidy"] for r in records],
+        "phased": [1] * len(records),
+        "dp": [4] * len(records),
+        "gq": [4] * len(records),
+        "ad": [4 * (1 + len(r["alts"])) for r in records],
+    }
+    out = [dict(r) for r in records]
+    for name, widths in fields.items():
+        for i, data in enumerate(_take_rows([r.get(name) for r in records], widths, n_samples, rows, name)):
             if data is not None:
-                new[name] = cut(data, 4)
-        ad = rec.get("ad")
-        if ad is not None:
-            new["ad"] = cut(ad, 4 * (1 + len(rec["alts"])))
-        out.append(new)
+                out[i][name] = data
+    return out
+
+
+def _take_rows(arrays: list[bytes | None], widths: list[int], n_samples: int, rows: Any,
+               name: str) -> list[bytes | None]:
+    groups: dict[int, list[int]] = {}
+    for i, (data, width) in enumerate(zip(arrays, widths, strict=True)):
+        if data is not None:
+            if len(data) != n_samples * width:
+                raise ValueError(f"{name} has {len(data)} bytes, expected {n_samples} samples x {width}")
+            groups.setdefault(width, []).append(i)
+    out: list[bytes | None] = [None] * len(arrays)
+    step_rows = len(rows)
+    for width, members in groups.items():
+        stacked = np.frombuffer(b"".join([arrays[i] for i in members]), dtype=np.uint8)  # type: ignore[misc]
+        taken = stacked.reshape(len(members), n_samples, width)[:, rows, :].tobytes()
+        step = step_rows * width
+        for j, i in enumerate(members):
+            out[i] = taken[j * step:(j + 1) * step]
     return out
 
 
