@@ -53,6 +53,35 @@ def _split(texts: list[str], sep: str) -> list[list[str]]:
     return [t.split(sep) if t else [] for t in texts]
 
 
+def _tabbed(texts: list[str]) -> str | None:
+    """One text column: the values joined with a tab, or None when a value holds one."""
+    text = "\t".join(texts)
+    return text if text.count("\t") == len(texts) - 1 else None
+
+
+def _untabbed(text: str, n: int) -> list[str]:
+    return text.split("\t") if n else []
+
+
+def _flat(lists: list[list[Any] | None], code: str) -> tuple[bytes, bytes]:
+    """Optional number lists: the values concatenated, and each list's length (-1: null)."""
+    values = [v for lst in lists if lst is not None for v in lst]
+    return _pack(code, values), _pack("i", [-1 if lst is None else len(lst) for lst in lists])
+
+
+def _unflat(data: bytes, lengths: bytes, code: str) -> list[list[Any] | None]:
+    values = _unpack(code, data)
+    out: list[list[Any] | None] = []
+    start = 0
+    for size in _unpack("i", lengths):
+        if size < 0:
+            out.append(None)
+        else:
+            out.append(values[start:start + size])
+            start += size
+    return out
+
+
 def _blob(values: list[bytes | None], nullable: bool) -> tuple[bytes, bytes]:
     if nullable:
         return b"".join([v for v in values if v is not None]), _pack("i", [-1 if v is None else len(v) for v in values])
@@ -61,12 +90,17 @@ def _blob(values: list[bytes | None], nullable: bool) -> tuple[bytes, bytes]:
 
 def _cut(blob: bytes, lengths: bytes) -> list[bytes | None]:
     sizes = _unpack("i", lengths)
-    ends = accumulate(max(s, 0) for s in sizes)
+    if not sizes or min(sizes) >= 0:  # no nulls: the usual case, cut in one comprehension
+        ends = list(accumulate(sizes))
+        return [blob[start:end] for start, end in zip([0, *ends], ends, strict=False)]
     out: list[bytes | None] = []
     start = 0
-    for size, end in zip(sizes, ends, strict=True):
-        out.append(None if size < 0 else blob[start:end])
-        start = end
+    for size in sizes:
+        if size < 0:
+            out.append(None)
+        else:
+            out.append(blob[start:start + size])
+            start += size
     return out
 
 
@@ -84,6 +118,9 @@ def to_columns(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     filters = _joined([r["filters"] for r in records], ";")
     if ids is None or alts is None or filters is None:
         return None
+    texts = [_tabbed(t) for t in ([r["contig"] for r in records], ids, [r["ref"] for r in records], alts, filters)]
+    if None in texts:
+        return None
     if any(r["qual"] is not None and not r["qual"] >= 0 for r in records):
         return None  # NaN or negative: would not read back as what was sent
     quals = [-1.0 if r["qual"] is None else r["qual"] for r in records]
@@ -98,23 +135,27 @@ def to_columns(records: list[dict[str, Any]]) -> dict[str, Any] | None:
         gq, gq_len = _blob([r["gq"] for r in records], True)
         ad, ad_len = _blob([r["ad"] for r in records], True)
         an, idp, end = (_pack("q", n) for n in numbers)  # type: ignore[arg-type]
+        ac, ac_len = _flat([i["ac"] for i in infos], "q")
+        af, af_len = _flat([i["af"] for i in infos], "d")
+        svlen, svlen_len = _flat([i["svlen"] for i in infos], "q")
+        contig, ids_text, ref, alts_text, filters_text = texts
         return {
             "count": len(records),
-            "contig": [r["contig"] for r in records],
+            "contig": contig,
             "pos": _pack("q", [r["pos"] for r in records]),
-            "ids": ids,
-            "ref": [r["ref"] for r in records],
-            "alts": alts,
+            "ids": ids_text,
+            "ref": ref,
+            "alts": alts_text,
             "qual": _pack("d", quals),
-            "filters": filters,
+            "filters": filters_text,
             "ploidy": _pack("i", [r["ploidy"] for r in records]),
             "info_an": an,
             "info_dp": idp,
             "info_end": end,
-            "info_ac": [i["ac"] for i in infos],
-            "info_af": [i["af"] for i in infos],
+            "info_ac": ac, "info_ac_len": ac_len,
+            "info_af": af, "info_af_len": af_len,
             "info_svtype": [i["svtype"] for i in infos],
-            "info_svlen": [i["svlen"] for i in infos],
+            "info_svlen": svlen, "info_svlen_len": svlen_len,
             "info_other": [i["other"] for i in infos],
             "gt": gt, "gt_len": gt_len,
             "phased": phased, "phased_len": phased_len,
@@ -131,9 +172,11 @@ def from_columns(cols: dict[str, Any]) -> list[dict[str, Any]]:
     n = cols["count"]
     an, dp, end = (_unpack("q", cols[key]) for key in ("info_an", "info_dp", "info_end"))
     columns = (
-        cols["contig"], _unpack("q", cols["pos"]), _split(cols["ids"], ";"), cols["ref"],
-        _split(cols["alts"], ","), _unpack("d", cols["qual"]), _split(cols["filters"], ";"),
-        cols["info_ac"], an, cols["info_af"], dp, end, cols["info_svtype"], cols["info_svlen"],
+        _untabbed(cols["contig"], n), _unpack("q", cols["pos"]), _split(_untabbed(cols["ids"], n), ";"),
+        _untabbed(cols["ref"], n), _split(_untabbed(cols["alts"], n), ","), _unpack("d", cols["qual"]),
+        _split(_untabbed(cols["filters"], n), ";"),
+        _unflat(cols["info_ac"], cols["info_ac_len"], "q"), an, _unflat(cols["info_af"], cols["info_af_len"], "d"),
+        dp, end, cols["info_svtype"], _unflat(cols["info_svlen"], cols["info_svlen_len"], "q"),
         cols["info_other"], _unpack("i", cols["ploidy"]), _cut(cols["gt"], cols["gt_len"]),
         _cut(cols["phased"], cols["phased_len"]), _cut(cols["dp"], cols["dp_len"]),
         _cut(cols["gq"], cols["gq_len"]), _cut(cols["ad"], cols["ad_len"]),

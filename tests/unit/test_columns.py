@@ -8,7 +8,7 @@ from pathlib import Path
 
 import fastavro
 import pytest
-from gdx.common.avro import HEADER_LEN, MAGIC, SchemaCatalog
+from gdx.common.avro import HEADER_LEN, MAGIC, EncodeError, SchemaCatalog
 from gdx.common.columns import from_columns, to_columns
 from gdx.common.examples import load_example
 
@@ -72,8 +72,10 @@ def test_every_kind_of_record_round_trips_exactly():
     _record(qual=float("-inf")),
     _record(info={"an": -1}),
     _record(info={"dp": -7}),
+    _record(contig="chr\t1"),  # text columns are tab-joined
+    _record(ref="A\tC"),
 ], ids=["id-with-separator", "empty-id", "alt-with-comma", "empty-filter", "qual--1", "qual-neg-inf",
-        "an--1", "dp-negative"])
+        "an--1", "dp-negative", "contig-with-tab", "ref-with-tab"])
 def test_a_batch_columns_cannot_express_travels_as_records(odd):
     assert to_columns([_record(), odd]) is None
     value = _batch([_record(), odd])
@@ -82,6 +84,13 @@ def test_a_batch_columns_cannot_express_travels_as_records(odd):
                                      None)
     assert raw["columns"] is None and len(raw["records"]) == 2
     assert CATALOG.decode(data)[1] == value
+
+
+def test_a_value_neither_layout_can_carry_is_an_encode_error():
+    too_big = _record(info={"ac": [2**63, 0]})  # beyond Avro's long
+    assert to_columns([too_big]) is None
+    with pytest.raises(EncodeError, match="does not fit schema org.gdx.VariantBatch"):
+        CATALOG.encode("org.gdx.VariantBatch", _batch([too_big]))
 
 
 def test_data_written_by_the_released_v1_schema_still_decodes():
@@ -97,6 +106,6 @@ def test_data_written_by_the_released_v1_schema_still_decodes():
 
 def test_columns_of_unequal_length_are_a_decode_error():
     columns = to_columns(VARIED)
-    columns["contig"] = columns["contig"][:-1]
+    columns["pos"] = columns["pos"][:-8]
     with pytest.raises(ValueError, match="unequal length"):
         from_columns(columns)
