@@ -69,17 +69,8 @@ def _flat(lists: list[list[Any] | None], code: str) -> tuple[bytes, bytes]:
     return _pack(code, values), _pack("i", [-1 if lst is None else len(lst) for lst in lists])
 
 
-def _unflat(data: bytes, lengths: bytes, code: str) -> list[list[Any] | None]:
-    values = _unpack(code, data)
-    out: list[list[Any] | None] = []
-    start = 0
-    for size in _unpack("i", lengths):
-        if size < 0:
-            out.append(None)
-        else:
-            out.append(values[start:start + size])
-            start += size
-    return out
+def _unflat(data: bytes, lengths: bytes, code: str) -> list[Any]:
+    return _slices(_unpack(code, data), _unpack("i", lengths))
 
 
 def _blob(values: list[bytes | None], nullable: bool) -> tuple[bytes, bytes]:
@@ -88,18 +79,22 @@ def _blob(values: list[bytes | None], nullable: bool) -> tuple[bytes, bytes]:
     return b"".join(values), _pack("i", list(map(len, values)))  # type: ignore[arg-type]
 
 
-def _cut(blob: bytes, lengths: bytes) -> list[bytes | None]:
-    sizes = _unpack("i", lengths)
+def _cut(blob: bytes, lengths: bytes) -> list[Any]:
+    return _slices(blob, _unpack("i", lengths))
+
+
+def _slices(values: Any, sizes: list[int]) -> list[Any]:
+    """`values` cut into consecutive pieces of `sizes` (-1: None, taking nothing)."""
     if not sizes or min(sizes) >= 0:  # no nulls: the usual case, cut in one comprehension
         ends = list(accumulate(sizes))
-        return [blob[start:end] for start, end in zip([0, *ends], ends, strict=False)]
-    out: list[bytes | None] = []
+        return [values[start:end] for start, end in zip([0, *ends], ends, strict=False)]
+    out: list[Any] = []
     start = 0
     for size in sizes:
         if size < 0:
             out.append(None)
         else:
-            out.append(blob[start:start + size])
+            out.append(values[start:start + size])
             start += size
     return out
 
