@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from gdx.common.avro import SchemaCatalog
+from gdx.common.avro import HEADER_LEN, MAGIC, SchemaCatalog
 from gdx.common.envelope import Envelope, new_envelope, stable_id
 from gdx.common.errors import PermanentError, TransientError
 from gdx.common.kafka import EventProducer, check_topics, make_consumer
@@ -242,6 +242,10 @@ class Runner:
             if len(payload) > self.settings.max_message_bytes:
                 raise PermanentError(f"event of {len(payload)} bytes exceeds the {self.settings.max_message_bytes}"
                                      " byte limit", reason_code="too-large")
+            if not self._wanted(payload):
+                self.metrics.events_processed.labels(self.service, logical, "skipped").inc()
+                self.stats.processed += 1
+                return []
             schema, value = self.schemas.decode(payload)
             event = Event(logical, rec.partition, rec.offset, rec.key, schema, value, env, len(payload))
             records = len(value.get("records", ()) or ())
@@ -262,6 +266,15 @@ class Runner:
         finally:
             self.metrics.processing_seconds.labels(self.service, logical).observe(time.perf_counter() - started)
             correlation_id.reset(token)
+
+    def _wanted(self, payload: bytes) -> bool:
+        """False when the handler says it has no use for events of this payload's schema now
+        (`handler.wants(schema)`, optional): they are not even decoded."""
+        wants = getattr(self.handler, "wants", None)
+        if wants is None:
+            return True
+        writer = self.schemas.by_fingerprint(payload[2:HEADER_LEN]) if payload[:2] == MAGIC else None
+        return writer is None or bool(wants(writer.name))
 
     def _dead_letter(self, rec: Any, logical: str, payload: bytes, env: Envelope, code: str, reason: str,
                      record_count: int) -> Output:

@@ -290,6 +290,12 @@ class FeedHandler:
         self._backfills: dict[str, Any] = {}  # name -> generator of outputs still to send
 
     # -- runner interface -------------------------------------------------------------------------
+    def wants(self, schema: str) -> bool:
+        """Released data is only worth decoding for a subscriber; one added later is backfilled from
+        the released topics' history. Retractions and manifests are always taken."""
+        return not self._started or bool(self.active) or schema not in (
+            "org.gdx.ReleasedVariantBatch", "org.gdx.ReleasedClinicalRecord")
+
     def handle(self, event: Event) -> list[Output]:
         first = [] if self._started else self.tick()  # subscribers are known before the first event
         return first + self.apply(event.schema, event.value, event.envelope.correlation_id or None)
