@@ -74,7 +74,7 @@ cat <<MSG
 
 gdx is running.
   Beacon API   http://127.0.0.1:5050/api      (try /api/info, /api/datasets, /api/filtering_terms)
-  metrics      http://127.0.0.1:9101..9105/metrics  (ingest, anonymize, consent_gate, index, publish)
+  metrics      http://127.0.0.1:9101..9106/metrics  (ingest, anonymize, consent_gate, index, publish, publish feeds)
   logs         $RUN/logs/<service>.log  (JSON lines)
   topics       .venv/bin/gdx tail gdx.released.variants.v1 --from-beginning
   status       .venv/bin/gdx status
