@@ -55,6 +55,11 @@ def purpose_filter(purposes: list[list[Any]] | None) -> Callable[[str, tuple[str
     return admitted
 
 
+class JsonText(str):
+    """An answer already in JSON, sent as it is: a large result is not parsed back into objects only
+    to be written out again (each copy the size of the result)."""
+
+
 class IndexApp:
     """The runner's handler for the index: applies events, follows partition ownership, reads every
     retraction, keeps the size gauges; `answer` serves the query API."""
@@ -286,13 +291,13 @@ class IndexApp:
                 datasets=frozenset(body["datasets"]) if body.get("datasets") is not None else None,
                 granularity=body.get("granularity", "count"), skip=int(body.get("skip", 0)),
                 limit=body.get("limit"))
-            return json.loads(to_json(store.query_variants(vq, flt)))
+            return JsonText(to_json(store.query_variants(vq, flt)))
         if path == "/individuals":
             cq = CohortQuery(filters=tuple(body.get("filters", ())),
                              datasets=frozenset(body["datasets"]) if body.get("datasets") is not None else None,
                              granularity=body.get("granularity", "count"), skip=int(body.get("skip", 0)),
                              limit=body.get("limit"))
-            return json.loads(to_json(store.cohort.query(cq, flt)))
+            return JsonText(to_json(store.cohort.query(cq, flt)))
         if path == "/filtering_terms":
             return store.cohort.filtering_terms()
         if path == "/completeness":
@@ -322,7 +327,7 @@ def serve_queries(app: IndexApp, host: str, port: int) -> ThreadingHTTPServer:
         disable_nagle_algorithm = True
 
         def _reply(self, code: int, payload: Any) -> None:
-            data = json.dumps(payload).encode()
+            data = (payload if isinstance(payload, JsonText) else json.dumps(payload)).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))

@@ -280,7 +280,10 @@ class CohortIndex:
     def query(self, query: CohortQuery, participant_filter: ParticipantFilter) -> CohortResult:
         """Individuals matching every filter, among those the participant filter lets through; the
         first skip+limit of them in (dataset, participant) order, and their total."""
-        conn = self.store._reader()
+        with self.store.reading() as conn:
+            return self._query(conn, query, participant_filter)
+
+    def _query(self, conn: sqlite3.Connection, query: CohortQuery, participant_filter: ParticipantFilter) -> CohortResult:
         candidates: set[tuple[str, str]] | None = None
         for spec in query.filters:
             having = self._having(conn, spec)
@@ -301,14 +304,18 @@ class CohortIndex:
 
     def datasets(self) -> list[str]:
         """Datasets with at least one individual this worker answers for."""
-        rows = self.store._reader().execute(
-            "SELECT DISTINCT dataset, src_topic, src_partition FROM individual").fetchall()
+        with self.store.reading() as conn:
+            rows = conn.execute("SELECT DISTINCT dataset, src_topic, src_partition FROM individual").fetchall()
         return sorted({d for d, topic, partition in rows if self.store.serves(topic, partition)})
 
     def filtering_terms(self, participant_filter: ParticipantFilter | None = None,
                         datasets: frozenset[str] | None = None) -> list[dict[str, Any]]:
         """Every term present among the (visible) individuals, as Beacon filtering terms with labels."""
-        conn = self.store._reader()
+        with self.store.reading() as conn:
+            return self._filtering_terms(conn, participant_filter, datasets)
+
+    def _filtering_terms(self, conn: sqlite3.Connection, participant_filter: ParticipantFilter | None,
+                         datasets: frozenset[str] | None) -> list[dict[str, Any]]:
         visible = {(r[0], r[1]) for r in self._allowed_individuals(conn, datasets, participant_filter, None)}
         present: set[str] = set()
         for term, dataset, participant in conn.execute("SELECT term, dataset, participant FROM individual_term"):

@@ -22,6 +22,9 @@ class IndexSettings(ServiceSettings):
         metadata={"doc": "SQLite synchronous mode: NORMAL syncs the WAL at each checkpoint (before offsets are"
                          " committed), FULL at every batch"})
     cache_mb: int = dataclasses.field(default=64, metadata={"doc": "SQLite page cache per connection, MiB"})
+    readers: int = dataclasses.field(
+        default=2, metadata={"doc": "read connections the queries share: at most this many queries run at once (the"
+                                    " others wait), which bounds the connections and the memory of concurrent queries"})
     purge_on_retraction: bool = dataclasses.field(
         default=True, metadata={"doc": "erase retracted participants' genotypes from the store at each commit (they are"
                                        " hidden from answers either way)"})
@@ -38,6 +41,8 @@ class IndexSettings(ServiceSettings):
             raise SettingsError("GDX_INDEX_SYNCHRONOUS: expected NORMAL, FULL, EXTRA or OFF")
         if self.size_interval_s <= 0:
             raise SettingsError("GDX_INDEX_SIZE_INTERVAL_S: must be positive")
+        if self.readers < 1:
+            raise SettingsError("GDX_INDEX_READERS: must be at least 1")
         if self.cache_mb < 1:
             raise SettingsError("GDX_INDEX_CACHE_MB: must be at least 1")
         for path in self.ontology_files:

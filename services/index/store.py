@@ -8,6 +8,7 @@ import hashlib
 import heapq
 import itertools
 import json
+import queue
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -42,8 +43,13 @@ SCHEMA_VERSION = "1"
 # (start-ordered) key can then look back only LONG_VARIANT bases before the range for short ones.
 LONG_VARIANT = 1000
 
-# Slices (member lists) kept decoded in memory between queries.
-SLICE_CACHE = 20_000
+# Members of slices kept decoded in memory between queries (about 0.3 KB each): bounded by members, not
+# slices, so that the cache's size does not depend on how many samples a file has.
+SLICE_CACHE_MEMBERS = 200_000
+
+# Read connections the queries share: at most this many reads run at once, the others wait for one.
+# Bounds the connections (each with its own page cache) and the memory of queries running together.
+READERS = 2
 
 # Highest ploidy whose allele codes fit a byte (3 bits copies, 3 bits called, 1 bit missing).
 MAX_PLOIDY = 7
@@ -217,12 +223,12 @@ class _SliceView:
 class IndexStore:
     """One index worker's store: one SQLite file (WAL) in the worker's data folder.
 
-    Writes go through one connection (the consumer thread); queries use one read connection per
-    thread, which WAL lets run while a batch is being written.
+    Writes go through one connection (the consumer thread); reads take one of a few shared read
+    connections (`reading`), which WAL lets run while a batch is being written.
     """
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", cache_mb: int = 64,
-                 purge_on_retraction: bool = True, ontology: Ontology | None = None):
+                 purge_on_retraction: bool = True, ontology: Ontology | None = None, readers: int = READERS):
         self.path = str(path)
         self._memory = self.path == ":memory:"
         self._pragmas = (f"PRAGMA synchronous={synchronous}", f"PRAGMA cache_size=-{int(cache_mb) * 1024}",
@@ -232,7 +238,11 @@ class IndexStore:
         self._conn.create_function("gdx_mask", 2, _mask, deterministic=True)
         self._conn.executescript(SCHEMA + COHORT_SCHEMA)
         self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-        self._local = threading.local()
+        # a read takes a slot, then an idle connection (opened on first need); close() closes them all
+        self._reader_slots = threading.BoundedSemaphore(max(1, readers))
+        self._idle_readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._readers: list[sqlite3.Connection] = []
+        self._slice_members = 0
         self._retractions: dict[tuple[str, str], int] = {
             (d, p): t for d, p, t in self._conn.execute("SELECT dataset, participant, consent_time FROM retraction")}
         self._slices: dict[int, _Slice] = {}
@@ -263,21 +273,31 @@ class IndexStore:
             conn.execute(pragma)
         return conn
 
-    def _reader(self) -> sqlite3.Connection:
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read connection for one query or gauge, shared with the other threads: waits while every
+        one of them is in use. A connection per thread instead grew with the query API's threads (one
+        per client connection), each connection with a page cache of its own, and let any number of
+        queries hold their results in memory at once."""
         if self._memory:
-            return self._conn
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            conn.execute("PRAGMA query_only=1")
-            self._local.conn = conn
-        return conn
+            yield self._conn
+            return
+        with self._reader_slots:
+            try:
+                conn = self._idle_readers.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+                conn.execute("PRAGMA query_only=1")
+                self._readers.append(conn)
+            try:
+                yield conn
+            finally:
+                self._idle_readers.put(conn)
 
     def close(self) -> None:
-        reader = getattr(self._local, "conn", None)
-        if reader is not None:
+        for reader in self._readers:
             reader.close()
-            self._local.conn = None
+        self._readers.clear()
         self._conn.close()
 
     def checkpoint(self) -> None:
@@ -316,8 +336,8 @@ class IndexStore:
     def positions(self) -> dict[tuple[str, int], int]:
         """Next offset to read per (topic, partition): where the consumer should seek on assignment.
         Reads committed state only, so any thread may ask."""
-        return {(t, p): o for t, p, o in self._reader().execute(
-            "SELECT topic, partition, next_offset FROM source_offset")}
+        with self.reading() as conn:
+            return {(t, p): o for t, p, o in conn.execute("SELECT topic, partition, next_offset FROM source_offset")}
 
     def drop_partition(self, topic: str, partition: int) -> None:
         """Forget what came from a partition this worker no longer owns (after a rebalance)."""
@@ -432,11 +452,12 @@ class IndexStore:
 
     def completeness(self) -> list[dict[str, Any]]:
         """Per file: batches expected (from END) and indexed; complete once every batch is in."""
-        rows = self._reader().execute(
-            "SELECT f.dataset, f.file_id, f.phase, f.batch_count, f.reason,"
-            " (SELECT count(*) FROM file_batch b WHERE b.file_id = f.file_id"
-            "  AND (f.batch_count IS NULL OR b.batch_index < f.batch_count)), f.src_topic, f.src_partition"
-            " FROM file f ORDER BY f.dataset, f.file_id").fetchall()
+        with self.reading() as conn:
+            rows = conn.execute(
+                "SELECT f.dataset, f.file_id, f.phase, f.batch_count, f.reason,"
+                " (SELECT count(*) FROM file_batch b WHERE b.file_id = f.file_id"
+                "  AND (f.batch_count IS NULL OR b.batch_index < f.batch_count)), f.src_topic, f.src_partition"
+                " FROM file f ORDER BY f.dataset, f.file_id").fetchall()
         return [
             {"dataset": d, "file_id": f, "phase": phase or "UNKNOWN", "batches_expected": expected,
              "batches_indexed": indexed, "complete": phase == "END" and expected is not None and indexed >= expected,
@@ -448,7 +469,10 @@ class IndexStore:
         """What this worker answers for: distinct variants, participants with released genotypes or a
         clinical record (retracted ones not counted), and participants per dataset. Reads every variant
         key (about 0.3 s per million): for a gauge now and then, never per query."""
-        conn = self._reader()
+        with self.reading() as conn:
+            return self._size(conn)
+
+    def _size(self, conn: sqlite3.Connection) -> dict[str, Any]:
         served: list[int] | None = None
         if self.serving is not None:
             slices = conn.execute("SELECT slice_id, src_topic, src_partition FROM slice").fetchall()
@@ -586,7 +610,8 @@ class IndexStore:
 
     def row_count(self) -> int:
         """Variant rows (variant x slice) in the store."""
-        return int(self._reader().execute("SELECT count(*) FROM vrow").fetchone()[0])
+        with self.reading() as conn:
+            return int(conn.execute("SELECT count(*) FROM vrow").fetchone()[0])
 
     # -- queries ---------------------------------------------------------------------------------
     def _slice(self, conn: sqlite3.Connection, slice_id: int) -> _Slice | None:
@@ -597,16 +622,23 @@ class IndexStore:
             if row is None:
                 return None
             members = json.loads(row[1])
-            if len(self._slices) >= SLICE_CACHE:
+            if self._slice_members + len(members) > SLICE_CACHE_MEMBERS:
                 self._slices.clear()  # crude bound on memory; a query touches few slices
-            cached = _Slice(row[0], [m[0] for m in members], [tuple(m[1]) for m in members], [m[2] for m in members],
-                            (row[2], row[3]))
+                self._slice_members = 0
+            shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # members with the same terms share one tuple
+            terms = [shared.setdefault(t, t) for t in (tuple(m[1]) for m in members)]
+            cached = _Slice(row[0], [m[0] for m in members], terms, [m[2] for m in members], (row[2], row[3]))
             self._slices[slice_id] = cached
+            self._slice_members += len(members)
         return cached
 
     def query_variants(self, query: VariantQuery, participant_filter: ParticipantFilter) -> VariantResult:
         """This worker's answer to a g_variants query (see `VariantResult` for what it lists)."""
-        conn = self._reader()
+        with self.reading() as conn:
+            return self._query_variants(conn, query, participant_filter)
+
+    def _query_variants(self, conn: sqlite3.Connection, query: VariantQuery,
+                        participant_filter: ParticipantFilter) -> VariantResult:
         context = _QueryContext(self, conn, query, participant_filter)
         if query.assembly_id:
             assemblies = [normalize_assembly(query.assembly_id)]
