@@ -81,8 +81,14 @@ class HttpIndexClient:
 
     async def query_variants(self, query: dict[str, Any], datasets: list[str], participant_filter: Any,
                              granularity: str, skip: int, limit: int) -> dict[str, Any]:
+        # limit 0 asks for every variant, except for a count (or boolean) with no page: then only the
+        # total is read, and listing every variant of the range made each worker build and send all of them
+        if not limit and granularity != "record":
+            window: int | None = 0
+        else:
+            window = skip + limit if limit else None
         body = {"query": query, "datasets": datasets, "purposes": _purposes_of(participant_filter),
-                "granularity": granularity, "skip": 0, "limit": skip + limit if limit else None}
+                "granularity": granularity, "skip": 0, "limit": window}
         results = [from_json(t) for t in await self._post("/variants", body)]
         merged = merge(results)  # type: ignore[arg-type]
         hits = merged.hits[skip:skip + limit] if limit else []
