@@ -4,11 +4,12 @@ Distinct 100-sample files (fresh positions, so nothing is deduplicated away) are
 ingest service's drop box, a few ahead of it, while anonymize, consent_gate, index and publish run as
 processes; Beacon queries run alongside; ingested files are deleted from done/ as they land. Figures: the sustained rate (records the index completed per second),
 and per process the resident memory in the first and last quarter of the run and its slope.
-`--quick` soaks for 45 seconds.
+`--quick` soaks for 45 seconds; GDX_SOAK_SECONDS sets another duration.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import threading
@@ -46,7 +47,7 @@ class FileMaker:
 
 
 def run(ctx: BenchContext) -> None:
-    seconds = 45 if ctx.quick else 600
+    seconds = int(os.environ.get("GDX_SOAK_SECONDS", 45 if ctx.quick else 600))
     per_file = 2_000
     samples = [f"S{i:04d}" for i in range(100)]
     staging = ctx.work / "soak-staging"
