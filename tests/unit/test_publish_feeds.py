@@ -324,3 +324,17 @@ def test_a_worker_that_lost_its_state_learns_the_retractions_before_sending_anyt
     fresh = Feeds(tmp_path / "new.sqlite", [HMB_FOR_PROFIT], history=history)
     out = fresh.tick()
     assert who(out, "pharma") == {"p-hmb"} and retracted(out, "pharma") == set()
+
+
+def test_released_data_is_skipped_while_nobody_subscribes_and_backfilled_for_a_later_subscriber(
+        tmp_path: Path) -> None:
+    feeds = Feeds(tmp_path / "f.sqlite", [])
+    assert feeds.handler.wants("org.gdx.ReleasedVariantBatch")  # not started: the first event starts it
+    feeds.tick()
+    assert not feeds.handler.wants("org.gdx.ReleasedVariantBatch")
+    assert not feeds.handler.wants("org.gdx.ReleasedClinicalRecord")
+    assert feeds.handler.wants("org.gdx.Retraction") and feeds.handler.wants("org.gdx.PseudoFileManifest")
+    feeds.history.append(("org.gdx.ReleasedVariantBatch", batch(list(CONSENT))))  # passed by, undecoded
+    out = feeds.set([DS_NOT_FOR_PROFIT])
+    assert who(out, "uni") == FOR_UNI
+    assert feeds.handler.wants("org.gdx.ReleasedVariantBatch")
