@@ -64,6 +64,7 @@ class Pipeline:
                     "GDX_PUBLISH_BUDGET_QUERIES": "0"}
         for svc in SERVICES:
             self.env[f"GDX_{svc.upper()}_METRICS_PORT"] = "0"
+        self.env["GDX_PUBLISH_FEEDS_METRICS_PORT"] = "0"  # two benchmarks at once must not share 9106
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.services: tuple[str, ...] = SERVICES
         self.cpu0: dict[str, float] = {}
