@@ -15,9 +15,11 @@ import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pysam
 from gdx.common.envelope import stable_id
 from gdx.common.errors import PermanentError
@@ -62,6 +64,8 @@ class VcfError(PermanentError):
 
 class _Bad(Exception):
     """A record is invalid; the reader adds file name and line/record number."""
+
+    at = 0  # which of the records given to _RecordParser.fill_samples
 
 
 # The one definition of ingest's variant event ids (the producer, the drop box and tests use these).
@@ -280,6 +284,21 @@ _BREAKEND = re.compile(r"[ACGTNacgtn]+[\[\]][^\[\]\s,]+[\[\]]|[\[\]][^\[\]\s,]+[
                        r"|\.[ACGTNacgtn]+|[ACGTNacgtn]+\.")
 _BASES_RE = re.compile("[ACGTNacgtn]+")
 _TYPED_INFO = {"AC", "AN", "AF", "DP", "END", "SVTYPE", "SVLEN"}
+# The integer fast path over many records' sample columns (_RecordParser._numeric).
+_SEPS = b":\t,/|"
+_NUMERIC = b"0123456789." + _SEPS
+_NOT_SEPS = bytes(b for b in range(256) if b not in _SEPS)
+_TO_COMMA = bytes.maketrans(_SEPS, b"," * len(_SEPS))
+_BLOCK_SAMPLES = 20_000  # sample columns parsed together: numpy's per-call cost spread thin, a few MB of arrays
+
+
+def _packed(values: np.ndarray) -> bytes:
+    """int32 LE of FORMAT integers, -1 (a '.') as MISSING_INT."""
+    return np.where(values < 0, MISSING_INT, values).astype("<i4").tobytes()
+
+
+def _cut(data: bytes, size: int) -> list[bytes]:
+    return [data[i:i + size] for i in range(0, len(data), size)]
 
 
 @dataclass(frozen=True)
@@ -316,10 +335,19 @@ class _RecordParser:
         self.zero_phase = bytes(self.n)
         self.packed: dict[bytes, bytes] = {b".": _MISSING_PACKED, b"": _MISSING_PACKED}
         self.ad_cache: dict[int, dict[bytes, bytes]] = {}
+        self.info_items: dict[int, dict[str, tuple[str, str | None, Any]]] = {}
 
     # -- fixed columns ---------------------------------------------------------------------
 
     def parse(self, line: bytes) -> dict[str, Any]:
+        record, fmt, tail = self.fixed(line)
+        if tail is not None:
+            self._samples(record, fmt, tail, len(record["alts"]))
+        return record
+
+    def fixed(self, line: bytes) -> tuple[dict[str, Any], bytes, bytes | None]:
+        """The record of the fixed columns, its FORMAT and its sample columns (None: the file has none,
+        and the record is complete). The FORMAT is checked; the samples are left to `fill_samples`."""
         cols = line.split(b"\t", 9)
         if len(cols) != (8 if self.columns == 8 else 10):
             raise _Bad(self._column_count(line))
@@ -355,12 +383,148 @@ class _RecordParser:
         }
         if self.columns == 8:
             record.update(ploidy=0, gt=b"", phased=b"", dp=None, gq=None, ad=None)
-        else:
-            tail = cols[9]
-            if tail.count(b"\t") != self.n - 1:
-                raise _Bad(self._column_count(line))
-            self._samples(record, cols[8], tail, len(alts))
-        return record
+            return record, b"", None
+        tail = cols[9]
+        if tail.count(b"\t") != self.n - 1:
+            raise _Bad(self._column_count(line))
+        fmt = cols[8]
+        if fmt != b".":
+            self._format(fmt)
+        return record, fmt, tail
+
+    def fill_samples(self, entries: list[tuple[dict[str, Any], bytes, bytes]]) -> None:
+        """Fill in the sample fields of (record, FORMAT, sample columns) from `fixed`, in order.
+
+        Runs of records with one integer-only FORMAT (GT:AD:DP:GQ...) are parsed together in C
+        (`_numeric`); what that fast path does not take (GT-only columns, other ploidies, phase
+        prefixes, decimals, dropped fields, bad values) goes through the per-record parser, which
+        names the problem. A _Bad carries `at`, the
+        index of the entry it is about: the entries before it are complete.
+        """
+        i = 0
+        while i < len(entries):
+            fmt = entries[i][1]
+            j = i + 1
+            if fmt != b"." and self.formats[fmt].keys > 1:
+                while j < len(entries) and entries[j][1] == fmt:
+                    j += 1
+                self._run(entries, i, j)
+            else:
+                self._one(entries, i)
+            i = j
+
+    def _run(self, entries: list[tuple[dict[str, Any], bytes, bytes]], start: int, stop: int) -> None:
+        # On a miss, halves: one odd record costs log2(run) retries, not the whole run the slow way.
+        if self._numeric(entries[start:stop]):
+            return
+        if stop - start == 1:
+            self._one(entries, start)
+            return
+        mid = (start + stop) // 2
+        self._run(entries, start, mid)
+        self._run(entries, mid, stop)
+
+    def _one(self, entries: list[tuple[dict[str, Any], bytes, bytes]], index: int) -> None:
+        record, fmt, tail = entries[index]
+        try:
+            self._samples(record, fmt, tail, len(record["alts"]))
+        except _Bad as exc:
+            exc.at = index
+            raise
+        except UnicodeDecodeError:
+            bad = _Bad("not UTF-8 text")
+            bad.at = index
+            raise bad from None
+
+    def _numeric(self, entries: list[tuple[dict[str, Any], bytes, bytes]]) -> bool:
+        """Sample fields of records sharing one FORMAT, every value an integer or '.', every call
+        haploid or diploid, no field dropped: parsed by numpy over the records' joined sample columns.
+        False (nothing filled in) for anything else, which the per-record parser then handles.
+        """
+        spec = self.formats[entries[0][1]]
+        n, k = self.n, spec.keys
+        total = n * len(entries)
+        text = b"\t".join([e[2] for e in entries]) if len(entries) > 1 else entries[0][2]
+        if text.translate(None, _NUMERIC):
+            return False
+        try:
+            # '.' becomes -1, which no digit text parses to: any other negative is a '.' inside a number
+            values = np.fromstring(text.translate(_TO_COMMA).replace(b".", b"-1"), dtype=np.int64, sep=",")
+        except ValueError:  # an empty value, or '.' next to a digit ("1.5")
+            return False
+        if not len(values) or values.min() < -1 or values.max() > 2147483647:
+            return False
+        seps = np.frombuffer(text.translate(None, _NOT_SEPS), np.uint8)  # seps[t] ends value t
+        if len(seps) + 1 != len(values):
+            return False
+        ends = np.flatnonzero((seps == 58) | (seps == 9))  # ':' and tab end a field
+        # k fields per sample, and samples end exactly at the tabs: no sample has more or fewer fields
+        if len(ends) != total * k - 1 or not (seps[ends[k - 1::k]] == 9).all():
+            return False
+        first = np.empty(total * k, np.intp)  # index in `values` of each field's first value
+        first[0] = 0
+        np.add(ends, 1, out=first[1:])
+        counts = np.empty(total * k, np.intp)  # values in each field
+        np.subtract(first[1:], first[:-1], out=counts[:-1])
+        counts[-1] = len(values) - first[-1]
+        count = counts.reshape(total, k)
+        alts = np.array([len(e[0]["alts"]) for e in entries], np.int64)
+        out: dict[str, list[Any]] = {}
+        if spec.gt:
+            # haploid "a" or diploid "a/b", "a|b" (the only places a '/' or '|' may be)
+            g, ploidy = first[0::k], count[:, 0]
+            diploid = ploidy == 2
+            slashes = np.count_nonzero(seps == 47) + np.count_nonzero(seps == 124)
+            if not ((ploidy == 1) | diploid).all() or np.count_nonzero(diploid) != slashes \
+                    or (seps[g[diploid]] == 44).any():
+                return False
+            top = np.repeat(np.minimum(alts, 127), n)
+            a, b = values[g], np.where(diploid, values[g + 1], GT_UNUSED)  # a haploid call pads with -2
+            if (a > top).any() or (b > top).any():
+                return False
+            gt = np.empty(2 * total, np.int8)
+            gt[0::2], gt[1::2] = a, b
+            # each record is as wide as its widest call: haploid records keep one byte a sample
+            ploidies = diploid.reshape(len(entries), n).any(axis=1).tolist()
+            pairs, singles = gt.tobytes(), gt[0::2].tobytes()
+            out["ploidy"] = [2 if p else 1 for p in ploidies]
+            out["gt"] = [pairs[2 * n * r: 2 * n * (r + 1)] if p else singles[n * r: n * (r + 1)]
+                         for r, p in enumerate(ploidies)]
+            # pysam reports a haploid call as phased; so do we
+            out["phased"] = _cut(((seps[g] == 124) | ~diploid).view(np.uint8).tobytes(), n)
+        elif (seps == 47).any() or (seps == 124).any():
+            return False
+        for key, index in (("dp", spec.dp), ("gq", spec.gq)):
+            if index is None:
+                continue
+            if not (count[:, index] == 1).all():
+                return False
+            out[key] = _cut(_packed(values[first[index::k]]), 4 * n)
+        if spec.ad is not None:
+            starts, given = first[spec.ad::k], count[:, spec.ad]
+            alleles = np.repeat(alts + 1, n)
+            full = given == alleles
+            if not full.all() and not (full | ((given == 1) & (values[starts] == -1))).all():
+                return False  # a lone '.' stands for all of a sample's values; any other count is wrong
+            # each sample's values: starts + 0, 1 .. alleles-1 (all the lone '.' for a missing AD)
+            if (alts == alts[0]).all():  # one allele count in the run: a rectangle
+                offset = np.arange(int(alts[0]) + 1) * full[:, None]
+                ad = _packed(values[starts[:, None] + offset])
+                out["ad"] = _cut(ad, 4 * n * (int(alts[0]) + 1))
+            else:
+                offset = np.arange(int(alleles.sum())) - np.repeat(np.cumsum(alleles) - alleles, alleles)
+                ad = _packed(values[np.repeat(starts, alleles) + offset * np.repeat(full, alleles)])
+                bounds = [0, *(4 * n * np.cumsum(alts + 1)).tolist()]
+                out["ad"] = [ad[x:y] for x, y in pairwise(bounds)]
+        for r, (record, _, _) in enumerate(entries):
+            if spec.gt:
+                record.update(ploidy=out["ploidy"][r], gt=out["gt"][r], phased=out["phased"][r])
+            else:
+                record.update(ploidy=0, gt=b"", phased=self.zero_phase)
+            record["dp"] = out["dp"][r] if "dp" in out else None
+            record["gq"] = out["gq"][r] if "gq" in out else None
+            record["ad"] = out["ad"][r] if "ad" in out else None
+        return True
 
     def _column_count(self, line: bytes) -> str:
         columns = line.count(b"\t") + 1
@@ -387,54 +551,72 @@ class _RecordParser:
             return out
         other = out["other"]
         seen: set[str] = set()
+        # Items repeat across records ("AN=200", "AC=0"): each distinct one is checked and typed once.
+        items = self.info_items.get(n_alts)
+        if items is None or len(items) >= 100_000:  # bounded: memory stays constant on any input
+            items = self.info_items[n_alts] = {}
         for item in info.decode("utf-8").split(";"):
-            if not item:
-                continue  # a stray ';' carries nothing
-            key, eq, value = item.partition("=")
+            parsed = items.get(item)
+            if parsed is None:
+                if not item:
+                    continue  # a stray ';' carries nothing
+                key = item.partition("=")[0]
+                if key in seen:
+                    raise _Bad(f"INFO key {key} appears twice")
+                parsed = items[item] = self._info_item(item, n_alts)
+            key, slot, value = parsed
             if key in seen:
                 raise _Bad(f"INFO key {key} appears twice")
             seen.add(key)
-            if not key or key.strip() != key or " " in key:
-                raise _Bad(f"INFO key {key!r} is not a valid key")
-            if key not in _TYPED_INFO:
+            if slot is None:
                 other[key] = value
-                continue
-            if not eq:
-                raise _Bad(f"INFO/{key} has no value")
-            if key == "SVTYPE":
-                out["svtype"] = value if value != "." else None
-            elif key in ("AN", "DP", "END"):
-                if value != ".":
-                    if not _is_uint(value):
-                        raise _Bad(f"INFO/{key}={value} is not a non-negative integer")
-                    out[key.lower()] = int(value)
-            elif value != ".":
-                parts = value.split(",")
-                given = [p for p in parts if p != "."]
-                if key == "AC":
-                    if not all(_is_uint(p) for p in given):
-                        raise _Bad(f"INFO/AC={value} is not a list of non-negative integers")
-                    typed: list[Any] = [int(p) for p in given]
-                elif key == "SVLEN":
-                    try:
-                        typed = [int(p) for p in given]
-                    except ValueError:
-                        raise _Bad(f"INFO/SVLEN={value} is not a list of integers") from None
-                    if any(abs(v) >= 10**18 for v in typed):
-                        raise _Bad(f"INFO/SVLEN={value} is out of range")
-                else:
-                    try:
-                        typed = [float(p) for p in given]
-                    except ValueError:
-                        raise _Bad(f"INFO/AF={value} is not a list of numbers") from None
-                    if any(f < 0 for f in typed):
-                        raise _Bad(f"INFO/AF={value} has a negative frequency")
-                if len(given) != len(parts) or (key != "SVLEN" and len(parts) != n_alts):
-                    # Some missing, or not one value per ALT allele: no typed list, the text is kept.
-                    other[key] = value
-                else:
-                    out[key.lower()] = typed
+            else:
+                out[slot] = value.copy() if isinstance(value, list) else value  # records share no lists
         return out
+
+    @staticmethod
+    def _info_item(item: str, n_alts: int) -> tuple[str, str | None, Any]:
+        """(key, typed field or None for `other`, value) of one INFO item; _Bad when it is invalid."""
+        key, eq, value = item.partition("=")
+        if not key or key.strip() != key or " " in key:
+            raise _Bad(f"INFO key {key!r} is not a valid key")
+        if key not in _TYPED_INFO:
+            return key, None, value
+        if not eq:
+            raise _Bad(f"INFO/{key} has no value")
+        slot = key.lower()
+        if key == "SVTYPE":
+            return key, slot, value if value != "." else None
+        if value == ".":
+            return key, slot, None
+        if key in ("AN", "DP", "END"):
+            if not _is_uint(value):
+                raise _Bad(f"INFO/{key}={value} is not a non-negative integer")
+            return key, slot, int(value)
+        parts = value.split(",")
+        given = [p for p in parts if p != "."]
+        if key == "AC":
+            if not all(_is_uint(p) for p in given):
+                raise _Bad(f"INFO/AC={value} is not a list of non-negative integers")
+            typed: list[Any] = [int(p) for p in given]
+        elif key == "SVLEN":
+            try:
+                typed = [int(p) for p in given]
+            except ValueError:
+                raise _Bad(f"INFO/SVLEN={value} is not a list of integers") from None
+            if any(abs(v) >= 10**18 for v in typed):
+                raise _Bad(f"INFO/SVLEN={value} is out of range")
+        else:
+            try:
+                typed = [float(p) for p in given]
+            except ValueError:
+                raise _Bad(f"INFO/AF={value} is not a list of numbers") from None
+            if any(f < 0 for f in typed):
+                raise _Bad(f"INFO/AF={value} has a negative frequency")
+        if len(given) != len(parts) or (key != "SVLEN" and len(parts) != n_alts):
+            # Some missing, or not one value per ALT allele: no typed list, the text is kept.
+            return key, None, value
+        return key, slot, typed
 
     # -- sample columns --------------------------------------------------------------------
 
@@ -692,30 +874,65 @@ class VariantFile:
     def records(self) -> Iterator[dict[str, Any]]:
         """Every record as an `org.gdx.VariantRecord` dict, in file order; VcfError on the first bad one."""
         parser = _RecordParser(self.samples, self._has_format)
-        parse = parser.parse
         if self._bcf is not None:
-            yield from self._bcf_records(parse)
+            yield from self._bcf_records(parser.parse)
             return
         assert self._lines is not None
         lines = self._lines
         crlf = self._crlf
+        fixed = parser.fixed
+        block = max(1, _BLOCK_SAMPLES // max(1, parser.n))
+        pending: list[tuple[dict[str, Any], bytes, bytes]] = []  # records whose samples are still text
+        numbers: list[int] = []  # their line numbers
         try:
-            for line in lines:
+            while True:
+                try:
+                    line = next(lines)
+                except StopIteration:
+                    break
+                except VcfError:  # unreadable or truncated: the records read before it go out first
+                    yield from self._complete(parser, pending, numbers)
+                    raise
                 if crlf and line[-1:] == b"\r":
                     line = line[:-1]
                 if not line:
                     continue  # blank lines carry nothing (often a trailing one)
                 try:
-                    record = parse(line)
-                except _Bad as exc:
-                    raise self.error(str(exc), line=lines.lines_read) from None
-                except UnicodeDecodeError:
-                    raise self.error("not UTF-8 text", line=lines.lines_read) from None
-                self.records_read += 1
-                yield record
+                    record, fmt, tail = fixed(line)
+                except (_Bad, UnicodeDecodeError) as exc:
+                    # the records before this line are good: they go out first, as they would one by one
+                    yield from self._complete(parser, pending, numbers)
+                    reason = str(exc) if isinstance(exc, _Bad) else "not UTF-8 text"
+                    raise self.error(reason, line=lines.lines_read) from None
+                if tail is None:
+                    self.records_read += 1
+                    yield record
+                    continue
+                pending.append((record, fmt, tail))
+                numbers.append(lines.lines_read)
+                if len(pending) >= block:
+                    yield from self._complete(parser, pending, numbers)
+                    pending, numbers = [], []
+            yield from self._complete(parser, pending, numbers)
             self._check_unchanged()
         finally:
             self.close()
+
+    def _complete(self, parser: _RecordParser, pending: list[tuple[dict[str, Any], bytes, bytes]],
+                  numbers: list[int]) -> Iterator[dict[str, Any]]:
+        """The pending records with their samples parsed; VcfError after the good ones on a bad one."""
+        error: VcfError | None = None
+        try:
+            parser.fill_samples(pending)
+        except _Bad as exc:
+            good, error = exc.at, self.error(str(exc), line=numbers[exc.at])
+        else:
+            good = len(pending)
+        for record, _, _ in pending[:good]:
+            self.records_read += 1
+            yield record
+        if error is not None:
+            raise error
 
     def _check_unchanged(self) -> None:
         # A center may still be writing the file: then the checksums (the file id) describe other

@@ -358,3 +358,29 @@ def test_any_genotype_text_packs_as_pysam_reads_it(tmp_path: Path, rows: list[tu
     path.write_text("##fileformat=VCFv4.2\n##FORMAT=<ID=GT,Number=1,Type=String,Description=\"g\">\n"
                     "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1\ts2\ts3\ts4\n" + "".join(lines))
     assert assert_same_as_pysam(path) == len(rows)
+
+
+def _sample_column(n_alts: int) -> st.SearchStrategy[str]:
+    allele = st.one_of(st.just("."), st.integers(0, n_alts).map(str))
+    call = st.one_of(allele, st.tuples(allele, st.sampled_from("/|"), allele).map("".join))
+    value = st.one_of(st.just("."), st.integers(0, 3000).map(str))
+    ad = st.one_of(st.just("."), st.lists(value, min_size=n_alts + 1, max_size=n_alts + 1).map(",".join))
+    return st.tuples(call, ad, value, value).map(":".join)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.integers(1, 3).flatmap(
+    lambda n_alts: st.tuples(st.just(n_alts), st.lists(_sample_column(n_alts), min_size=3, max_size=3))),
+    min_size=1, max_size=30))
+def test_any_gt_ad_dp_gq_columns_pack_as_pysam_reads_them(tmp_path: Path, rows: list[tuple[int, list[str]]]) -> None:
+    # Runs of records are parsed together when every value is an integer or '.': haploid, diploid and
+    # missing calls, a lone '.' for all of AD, and records mixing them must still read as htslib reads them.
+    lines = [f"1\t{pos}\t.\tN\t{','.join('ACG'[:n_alts])}\t.\t.\t.\tGT:AD:DP:GQ\t" + "\t".join(columns) + "\n"
+             for pos, (n_alts, columns) in enumerate(rows, start=1)]
+    path = tmp_path / "calls.vcf"
+    path.write_text("##fileformat=VCFv4.2\n##FORMAT=<ID=GT,Number=1,Type=String,Description=\"g\">\n"
+                    "##FORMAT=<ID=AD,Number=R,Type=Integer,Description=\"a\">\n"
+                    "##FORMAT=<ID=DP,Number=1,Type=Integer,Description=\"d\">\n"
+                    "##FORMAT=<ID=GQ,Number=1,Type=Integer,Description=\"q\">\n"
+                    "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1\ts2\ts3\n" + "".join(lines))
+    assert assert_same_as_pysam(path) == len(rows)
