@@ -134,13 +134,20 @@ class ProcStats:
 
 def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None, sample_every: float = 0.5,
                  timeout: float = 3600) -> ProcStats:
-    """Run a command; wall time, its own CPU seconds (os.wait4 rusage) and RSS sampled from /proc."""
+    """Run a command; wall time, its own CPU seconds (os.wait4 rusage) and RSS sampled from /proc.
+
+    The peak is the largest VmHWM sampled (the child's high-water mark since its exec), not the
+    rusage ru_maxrss: Linux carries the forking process's high-water mark across exec into the
+    child's ru_maxrss, so a bench process holding 3 GB reported 3 GB for `/bin/true`. Growth after
+    the last sample (at most `sample_every` before exit) is not seen.
+    """
     import tempfile
 
     t0 = time.monotonic()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(list(cmd), env={**os.environ, **(env or {})}, stdout=out, stderr=err, text=True)
         samples: list[float] = []
+        peak = 0.0
         deadline = t0 + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -149,6 +156,7 @@ def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None, sample_e
             rss = rss_mb(proc.pid)
             if rss:
                 samples.append(rss)
+            peak = max(peak, _status_mb(proc.pid, "VmHWM:"))
             if time.monotonic() > deadline:
                 proc.kill()
                 pid, status, usage = os.wait4(proc.pid, 0)
@@ -158,15 +166,20 @@ def run_measured(cmd: Sequence[str], env: dict[str, str] | None = None, sample_e
         wall = time.monotonic() - t0
         out.seek(0)
         err.seek(0)
-        peak = max([usage.ru_maxrss / 1024, *samples])
+        peak = max([peak, *samples])
         return ProcStats(wall, usage.ru_utime + usage.ru_stime, peak, samples, proc.returncode, out.read(), err.read())
 
 
 def rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmRSS:")
+
+
+def _status_mb(pid: int, key: str) -> float:
+    """A kB line of /proc/<pid>/status (VmRSS:, VmHWM:) in MB; 0 when the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
