@@ -8,10 +8,12 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from gdx.common.avro import SchemaCatalog
 from gdx.common.envelope import new_envelope
+from gdx.common.errors import ConfigurationError
 from gdx.common.examples import load_example
-from gdx.common.kafka import EventProducer, client_config, read_schema_topic
+from gdx.common.kafka import EventProducer, check_topics, client_config, read_schema_topic
 from gdx.common.settings import REPO_ROOT
 from kafka import KafkaProducer
 
@@ -137,3 +139,10 @@ def test_settings_for_a_service_with_its_own_prefix():
     assert s.max_retries == 7 and s.kafka_bootstrap == "h:1"
     assert isinstance(KafkaProducer, type) and client_config("a:1,b:2")["bootstrap_servers"] == ["a:1", "b:2"]
     assert Path(s.schema_dir).is_dir()
+
+
+def test_a_service_refuses_to_start_naming_the_topics_that_are_missing(kafka: KafkaTestEnv) -> None:
+    check_topics(kafka.settings(), [kafka.topic(IN), kafka.topic(OUT)])  # provisioned: passes
+    missing = kafka.topic("gdx.raw.variants.v1").replace("raw.variants", "raw.nothing")
+    with pytest.raises(ConfigurationError, match=f"topics missing: {missing} "):
+        check_topics(kafka.settings(), [kafka.topic(IN), missing])
