@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import select
+import socket
 import sqlite3
 import threading
 import time
@@ -55,6 +57,10 @@ def purpose_filter(purposes: list[list[Any]] | None) -> Callable[[str, tuple[str
     return admitted
 
 
+class Abandoned(Exception):
+    """The client of a query stopped waiting (closed its connection) before the query ran."""
+
+
 class JsonText(str):
     """An answer already in JSON, sent as it is: a large result is not parsed back into objects only
     to be written out again (each copy the size of the result)."""
@@ -75,6 +81,8 @@ class IndexApp:
         self.schemas = schemas
         self.topics = topics
         self.size_interval_s = settings.size_interval_s
+        # variant and individual queries answered at once: each holds its whole result in memory
+        self.query_slots = threading.BoundedSemaphore(settings.concurrent_queries)
         self.lock = threading.Lock()
         self.pending = 0
         self.runner: Runner | None = None  # set by build(): its consumer is seeked on assignment
@@ -283,7 +291,17 @@ class IndexApp:
         self.handler.store.close()
 
     # -- queries (HTTP threads) ---------------------------------------------------------------
-    def answer(self, path: str, body: dict[str, Any]) -> Any:
+    def answer(self, path: str, body: dict[str, Any], wanted: Callable[[], bool] = lambda: True) -> Any:
+        """The answer to one query API request. Variant and individual queries wait for one of the
+        query slots; one whose client has stopped waiting meanwhile (`wanted`) is not run."""
+        if path not in HEAVY_ENDPOINTS:
+            return self._answer(path, body)
+        with self.query_slots:
+            if not wanted():
+                raise Abandoned(path)
+            return self._answer(path, body)
+
+    def _answer(self, path: str, body: dict[str, Any]) -> Any:
         store = self.handler.store
         flt = purpose_filter(body.get("purposes"))
         if path == "/variants":
@@ -312,6 +330,7 @@ class IndexApp:
 
 
 QUERY_ENDPOINTS = ("/variants", "/individuals", "/filtering_terms", "/completeness", "/datasets")
+HEAVY_ENDPOINTS = ("/variants", "/individuals", "/filtering_terms")  # these take a query slot
 
 
 class _QueryServer(ThreadingHTTPServer):
@@ -343,9 +362,19 @@ def serve_queries(app: IndexApp, host: str, port: int) -> ThreadingHTTPServer:
             app.metrics.api_requests.labels(SERVICE, endpoint, str(code)).inc()
             app.metrics.api_seconds.labels(SERVICE, endpoint).observe(time.perf_counter() - self._started)
 
+        def _wanted(self) -> bool:
+            """False once the client has closed the connection (publish gave up on the answer)."""
+            try:
+                readable, _, _ = select.select([self.connection], [], [], 0)
+                return not readable or self.connection.recv(1, socket.MSG_PEEK) != b""
+            except OSError:
+                return False
+
         def _run(self, body: dict[str, Any]) -> None:
             try:
-                self._reply(200, app.answer(self.path.split("?")[0], body))
+                self._reply(200, app.answer(self.path.split("?")[0], body, self._wanted))
+            except Abandoned:
+                self.close_connection = True
             except KeyError as exc:
                 self._reply(404 if str(exc).strip("'").startswith("/") else 400, {"error": f"missing {exc}"})
             except ValueError as exc:

@@ -22,8 +22,8 @@ class IndexHandler:
     def from_settings(cls, settings: IndexSettings) -> IndexHandler:
         ontology = Ontology.load(settings.ontology_files) if settings.ontology_files else None
         return cls(IndexStore(settings.store_path(), synchronous=settings.synchronous, cache_mb=settings.cache_mb,
-                              purge_on_retraction=settings.purge_on_retraction, ontology=ontology,
-                              readers=settings.readers))
+                              reader_cache_mb=settings.reader_cache_mb,
+                              purge_on_retraction=settings.purge_on_retraction, ontology=ontology))
 
     def handle(self, schema_name: str, value: dict[str, Any], *, topic: str | None = None,
                partition: int | None = None, offset: int | None = None) -> None:

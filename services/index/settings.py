@@ -21,10 +21,13 @@ class IndexSettings(ServiceSettings):
         default="NORMAL",
         metadata={"doc": "SQLite synchronous mode: NORMAL syncs the WAL at each checkpoint (before offsets are"
                          " committed), FULL at every batch"})
-    cache_mb: int = dataclasses.field(default=64, metadata={"doc": "SQLite page cache per connection, MiB"})
-    readers: int = dataclasses.field(
-        default=2, metadata={"doc": "read connections the queries share: at most this many queries run at once (the"
-                                    " others wait), which bounds the connections and the memory of concurrent queries"})
+    cache_mb: int = dataclasses.field(default=64, metadata={"doc": "SQLite page cache of the writing connection, MiB"})
+    reader_cache_mb: int = dataclasses.field(
+        default=8, metadata={"doc": "SQLite page cache of each read connection, MiB (pages it misses come from the OS's"
+                                    " file cache)"})
+    concurrent_queries: int = dataclasses.field(
+        default=2, metadata={"doc": "variant and individual queries answered at once; the others wait (a query holds"
+                                    " its whole result in memory, so this bounds the memory they take together)"})
     purge_on_retraction: bool = dataclasses.field(
         default=True, metadata={"doc": "erase retracted participants' genotypes from the store at each commit (they are"
                                        " hidden from answers either way)"})
@@ -41,10 +44,10 @@ class IndexSettings(ServiceSettings):
             raise SettingsError("GDX_INDEX_SYNCHRONOUS: expected NORMAL, FULL, EXTRA or OFF")
         if self.size_interval_s <= 0:
             raise SettingsError("GDX_INDEX_SIZE_INTERVAL_S: must be positive")
-        if self.readers < 1:
-            raise SettingsError("GDX_INDEX_READERS: must be at least 1")
-        if self.cache_mb < 1:
-            raise SettingsError("GDX_INDEX_CACHE_MB: must be at least 1")
+        if self.concurrent_queries < 1:
+            raise SettingsError("GDX_INDEX_CONCURRENT_QUERIES: must be at least 1")
+        if self.cache_mb < 1 or self.reader_cache_mb < 1:
+            raise SettingsError("GDX_INDEX_CACHE_MB, GDX_INDEX_READER_CACHE_MB: must be at least 1")
         for path in self.ontology_files:
             if not Path(path).is_file():
                 raise SettingsError(f"GDX_INDEX_ONTOLOGY_FILES: {path} is not a file")

@@ -10,7 +10,6 @@ import itertools
 import json
 import queue
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,9 +46,15 @@ LONG_VARIANT = 1000
 # slices, so that the cache's size does not depend on how many samples a file has.
 SLICE_CACHE_MEMBERS = 200_000
 
-# Read connections the queries share: at most this many reads run at once, the others wait for one.
-# Bounds the connections (each with its own page cache) and the memory of queries running together.
-READERS = 2
+
+# Page cache of each read connection (MiB). Every connection caches pages of its own: at the writer's
+# size, three readers held three more copies of most of the store (another 192 MB in a soak). A read
+# missing the cache takes the page from the OS's file cache, a few microseconds, small beside the
+# Python work per row of an answer.
+READER_CACHE_MB = 8
+
+# Size the WAL file is cut back to when the log starts over (MiB).
+WAL_LIMIT_MB = 64
 
 # Highest ploidy whose allele codes fit a byte (3 bits copies, 3 bits called, 1 bit missing).
 MAX_PLOIDY = 7
@@ -228,9 +233,11 @@ class IndexStore:
     """
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", cache_mb: int = 64,
-                 purge_on_retraction: bool = True, ontology: Ontology | None = None, readers: int = READERS):
+                 reader_cache_mb: int = READER_CACHE_MB, purge_on_retraction: bool = True,
+                 ontology: Ontology | None = None):
         self.path = str(path)
         self._memory = self.path == ":memory:"
+        self._reader_cache_kib = int(reader_cache_mb) * 1024
         self._pragmas = (f"PRAGMA synchronous={synchronous}", f"PRAGMA cache_size=-{int(cache_mb) * 1024}",
                          "PRAGMA temp_store=MEMORY")
         self.purge_on_retraction = purge_on_retraction
@@ -238,8 +245,7 @@ class IndexStore:
         self._conn.create_function("gdx_mask", 2, _mask, deterministic=True)
         self._conn.executescript(SCHEMA + COHORT_SCHEMA)
         self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-        # a read takes a slot, then an idle connection (opened on first need); close() closes them all
-        self._reader_slots = threading.BoundedSemaphore(max(1, readers))
+        # read connections: a read takes an idle one or opens one; close() closes them all
         self._idle_readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._readers: list[sqlite3.Connection] = []
         self._slice_members = 0
@@ -267,32 +273,35 @@ class IndexStore:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         if not self._memory:
-            # WAL: readers never block the writer, and a commit is one append to the log
+            # WAL: readers never block the writer, and a commit is one append to the log. The log is
+            # written from its start again after a checkpoint no reader was behind; without a size limit
+            # its file kept the largest size it ever had (hundreds of MB under a steady query load)
             conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_MB << 20}")
         for pragma in self._pragmas:
             conn.execute(pragma)
         return conn
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
-        """A read connection for one query or gauge, shared with the other threads: waits while every
-        one of them is in use. A connection per thread instead grew with the query API's threads (one
-        per client connection), each connection with a page cache of its own, and let any number of
-        queries hold their results in memory at once."""
+        """A read connection for one query or gauge, taken from those no other thread is using (one
+        more is opened when all are busy): as many connections as reads ever ran at once, each with its
+        own page cache. A connection per thread instead grew with the query API's threads (one per
+        client connection), and left their caches behind."""
         if self._memory:
             yield self._conn
             return
-        with self._reader_slots:
-            try:
-                conn = self._idle_readers.get_nowait()
-            except queue.Empty:
-                conn = self._connect()
-                conn.execute("PRAGMA query_only=1")
-                self._readers.append(conn)
-            try:
-                yield conn
-            finally:
-                self._idle_readers.put(conn)
+        try:
+            conn = self._idle_readers.get_nowait()
+        except queue.Empty:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=1")
+            conn.execute(f"PRAGMA cache_size=-{self._reader_cache_kib}")
+            self._readers.append(conn)
+        try:
+            yield conn
+        finally:
+            self._idle_readers.put(conn)
 
     def close(self) -> None:
         for reader in self._readers:
