@@ -112,6 +112,7 @@ class Runner:
         self.outputs = [self.topics.name(t) for t in outputs + [DEAD_LETTER_TOPIC, "gdx.schemas"]]
         self.group_id = group_id or f"{settings.topic_prefix}gdx.{service}"
         self.stats = RunnerStats()
+        self._out_counters: dict[str, tuple[Any, Any]] = {}
         self._running = False
         self._assigned: set[TopicPartition] = set()
         self._events_since_start = 0
@@ -205,8 +206,10 @@ class Runner:
         count = 0
         for tp, records in polled.items():
             for rec in records:
-                for out in self._process_record(rec):
-                    futures.append((out.topic, self._send(out, rec)))
+                outputs = self._process_record(rec)
+                parent = Envelope.from_headers(rec.headers) if outputs else None  # once for all its outputs
+                for out in outputs:
+                    futures.append((out.topic, self._send(out, rec, parent)))
                 offsets[tp] = rec.offset + 1
                 count += 1
                 self._events_since_start += 1
@@ -302,9 +305,10 @@ class Runner:
                 delay *= 2
         return []
 
-    def _send(self, out: Output, rec: Any) -> Any:
+    def _send(self, out: Output, rec: Any, parent: Envelope | None = None) -> Any:
         assert self.producer is not None
-        parent = Envelope.from_headers(rec.headers) if rec is not None else None
+        if parent is None and rec is not None:
+            parent = Envelope.from_headers(rec.headers)
         env = parent.child(out.event_id, self.service) if parent and parent.event_id else new_envelope(
             out.event_id, self.service)
         if out.created_ms:
@@ -315,10 +319,14 @@ class Runner:
         except PermanentError as exc:
             log.error("output rejected", extra={"topic": out.topic, "reason": exc.reason})
             raise
-        self.metrics.events_out.labels(self.service, self.topics.logical(topic)).inc()
+        counters = self._out_counters.get(out.topic)
+        if counters is None:  # labels() costs a lock and a tuple per call: once per topic instead
+            counters = self._out_counters[out.topic] = (self.metrics.events_out.labels(self.service, out.topic),
+                                                        self.metrics.records_out.labels(self.service, out.topic))
+        counters[0].inc()
         records = len(out.value.get("records", ()) or ())
         if records:
-            self.metrics.records_out.labels(self.service, self.topics.logical(topic)).inc(records)
+            counters[1].inc(records)
         self.stats.produced += 1
         return fut
 
