@@ -70,10 +70,6 @@ class IndexApp:
     """The runner's handler for the index: applies events, follows partition ownership, reads every
     retraction, keeps the size gauges; `answer` serves the query API."""
 
-    # Retractions are read in tick(), after the runner's poll of the released topics: with the
-    # runner's 500 ms wait on an idle stream, a revocation waited up to that long here.
-    poll_timeout_ms = 50
-
     def __init__(self, handler: IndexHandler, settings: IndexSettings, topics: TopicCatalog, schemas: SchemaCatalog,
                  metrics: Metrics):
         self.handler = handler
