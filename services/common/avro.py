@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,7 @@ class WriterSchema:
     fingerprint: bytes
     reader: Any = None  # for a released older version: the current schema, which reads its data
 
-    @property
+    @cached_property
     def columnar(self) -> bool:
         """A variant batch schema: its records may travel by column (gdx.common.columns)."""
         return any(f["name"] == COLUMNS for f in self.schema.get("fields", ()))
@@ -202,6 +203,13 @@ class SchemaCatalog:
         except Exception as exc:  # fastavro raises many types on a corrupt body
             raise DecodeError(f"corrupt Avro body for {ws.name}: {type(exc).__name__}: {exc}") from exc
         return ws.name, value
+
+    def writer_of(self, data: bytes) -> WriterSchema | None:
+        """The writer schema of an encoded value, without decoding it (None: not ours or unknown)."""
+        try:
+            return self._by_fp.get(split_header(data)[0])
+        except DecodeError:
+            return None
 
     def fingerprint_of(self, data: bytes) -> str | None:
         try:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from gdx.common.avro import HEADER_LEN, MAGIC, SchemaCatalog
+from gdx.common.avro import SchemaCatalog
 from gdx.common.envelope import Envelope, new_envelope, stable_id
 from gdx.common.errors import PermanentError, TransientError
 from gdx.common.kafka import EventProducer, check_topics, make_consumer
@@ -112,7 +112,6 @@ class Runner:
         self.outputs = [self.topics.name(t) for t in outputs + [DEAD_LETTER_TOPIC, "gdx.schemas"]]
         self.group_id = group_id or f"{settings.topic_prefix}gdx.{service}"
         self.stats = RunnerStats()
-        self._out_counters: dict[str, tuple[Any, Any]] = {}
         self._running = False
         self._assigned: set[TopicPartition] = set()
         self._events_since_start = 0
@@ -206,10 +205,9 @@ class Runner:
         count = 0
         for tp, records in polled.items():
             for rec in records:
-                outputs = self._process_record(rec)
-                parent = Envelope.from_headers(rec.headers) if outputs else None  # once for all its outputs
-                for out in outputs:
-                    futures.append((out.topic, self._send(out, rec, parent)))
+                env = Envelope.from_headers(rec.headers)  # once for the event and all its outputs
+                for out in self._process_record(rec, env):
+                    futures.append((out.topic, self._send(out, env)))
                 offsets[tp] = rec.offset + 1
                 count += 1
                 self._events_since_start += 1
@@ -234,10 +232,9 @@ class Runner:
             self._save_state()
         return len(outputs)
 
-    def _process_record(self, rec: Any) -> list[Output]:
+    def _process_record(self, rec: Any, env: Envelope) -> list[Output]:
         logical = self.topics.logical(rec.topic)
         payload: bytes = rec.value or b""
-        env = Envelope.from_headers(rec.headers)
         token = correlation_id.set(env.correlation_id or "")
         self.metrics.events_in.labels(self.service, logical).inc()
         started = time.perf_counter()
@@ -276,7 +273,7 @@ class Runner:
         wants = getattr(self.handler, "wants", None)
         if wants is None:
             return True
-        writer = self.schemas.by_fingerprint(payload[2:HEADER_LEN]) if payload[:2] == MAGIC else None
+        writer = self.schemas.writer_of(payload)
         return writer is None or bool(wants(writer.name))
 
     def _dead_letter(self, rec: Any, logical: str, payload: bytes, env: Envelope, code: str, reason: str,
@@ -305,10 +302,9 @@ class Runner:
                 delay *= 2
         return []
 
-    def _send(self, out: Output, rec: Any, parent: Envelope | None = None) -> Any:
+    def _send(self, out: Output, parent: Envelope | None) -> Any:
+        """Produce one output; `parent` is the envelope of the event that caused it (None: from tick)."""
         assert self.producer is not None
-        if parent is None and rec is not None:
-            parent = Envelope.from_headers(rec.headers)
         env = parent.child(out.event_id, self.service) if parent and parent.event_id else new_envelope(
             out.event_id, self.service)
         if out.created_ms:
@@ -319,14 +315,10 @@ class Runner:
         except PermanentError as exc:
             log.error("output rejected", extra={"topic": out.topic, "reason": exc.reason})
             raise
-        counters = self._out_counters.get(out.topic)
-        if counters is None:  # labels() costs a lock and a tuple per call: once per topic instead
-            counters = self._out_counters[out.topic] = (self.metrics.events_out.labels(self.service, out.topic),
-                                                        self.metrics.records_out.labels(self.service, out.topic))
-        counters[0].inc()
+        self.metrics.labelled(self.metrics.events_out, self.service, out.topic).inc()
         records = len(out.value.get("records", ()) or ())
         if records:
-            counters[1].inc(records)
+            self.metrics.labelled(self.metrics.records_out, self.service, out.topic).inc(records)
         self.stats.produced += 1
         return fut
 

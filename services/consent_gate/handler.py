@@ -38,7 +38,6 @@ class ConsentGateHandler:
         self.fetch = fetch
         self.metrics = metrics or Metrics(SERVICE)
         self.owned: set[tuple[str, int]] | None = None
-        self._decision_counters: dict[tuple[str, str], Any] = {}
 
     # -- data ------------------------------------------------------------------------------
     def handle(self, event: Event) -> Iterable[Output]:
@@ -110,11 +109,7 @@ class ConsentGateHandler:
                decision: GateDecision, records: int, action: str | None = None) -> list[Output]:
         act = action or {"APPROVE": "release", "DENY": "withhold", "ABSTAIN": "review"}[decision.decision.value]
         duo_label = " ".join(state.duo) if state and state.duo else "none"
-        key = (decision.decision.value, duo_label)
-        counter = self._decision_counters.get(key)
-        if counter is None:  # labels() per participant and batch cost more than the decision itself
-            counter = self._decision_counters[key] = self.metrics.consent_decisions.labels(SERVICE, *key)
-        counter.inc()
+        self.metrics.labelled(self.metrics.consent_decisions, SERVICE, decision.decision.value, duo_label).inc()
         version = state.consent_id if state else None
         event_id = stable_id(SERVICE, "audit", act, dataset, participant, data_ref, version)
         value = {"event_id": event_id, "time": now_ms(), "service": SERVICE, "action": act, "dataset": dataset,
