@@ -424,9 +424,9 @@ class IndexStore:
                     self._delete_rows(conn, slice_id, row[1])
                     conn.execute("UPDATE slice SET members=?, ranges='[]' WHERE slice_id=?",
                                  (json.dumps(members), slice_id))
-                self._slices.pop(slice_id, None)
+                self._forget_slice(slice_id)
         for slice_id in per_slice:
-            self._slices.pop(slice_id, None)  # a query may have cached the old members meanwhile
+            self._forget_slice(slice_id)  # a query may have cached the old members meanwhile
         return len(per_slice)
 
     # -- files -----------------------------------------------------------------------------------
@@ -518,7 +518,7 @@ class IndexStore:
             self._delete_rows(conn, slice_id, row[0])
         conn.execute("DELETE FROM slice WHERE slice_id=?", (slice_id,))
         conn.execute("DELETE FROM slice_member WHERE slice_id=?", (slice_id,))
-        self._slices.pop(slice_id, None)
+        self._forget_slice(slice_id)
 
     @staticmethod
     def _delete_rows(conn: sqlite3.Connection, slice_id: int, ranges: str) -> None:
@@ -623,6 +623,12 @@ class IndexStore:
             return int(conn.execute("SELECT count(*) FROM vrow").fetchone()[0])
 
     # -- queries ---------------------------------------------------------------------------------
+    def _forget_slice(self, slice_id: int) -> None:
+        """Drop a slice from the decoded-members cache (its members no longer count against the bound)."""
+        gone = self._slices.pop(slice_id, None)
+        if gone is not None:
+            self._slice_members -= len(gone.participants)
+
     def _slice(self, conn: sqlite3.Connection, slice_id: int) -> _Slice | None:
         cached = self._slices.get(slice_id)
         if cached is None:
