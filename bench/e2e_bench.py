@@ -59,7 +59,7 @@ class Pipeline:
         self.query_port, self.api_port = free_port(), free_port()
         self.env = {**os.environ, **self.kafka.env, "GDX_RUN_DIR": str(self.dir / "run"),
                     "GDX_INDEX_QUERY_PORT": str(self.query_port), "GDX_PUBLISH_API_PORT": str(self.api_port),
-                    "GDX_PUBLISH_INDEX_URLS": f"http://127.0.0.1:{self.query_port}", "GDX_LOG_LEVEL": "WARNING",
+                    "GDX_PUBLISH_INDEX_URLS": f"http://127.0.0.1:{self.query_port}", "GDX_LOG_LEVEL": os.environ.get("GDX_LOG_LEVEL", "WARNING"),
                     # the benchmark's own polling would spend a client's query budget (429) in seconds
                     "GDX_PUBLISH_BUDGET_QUERIES": "0"}
         for svc in SERVICES:
