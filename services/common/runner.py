@@ -114,6 +114,11 @@ class Runner:
         self.stats = RunnerStats()
         self._running = False
         self._assigned: set[TopicPartition] = set()
+        # partitions the group gave this worker that the handler has not taken on yet: the rebalance
+        # listener (on the client's IO thread) pauses them; the main loop calls the handler's on_assign
+        # and resumes them before the next poll (see _Listener)
+        self._unsettled: set[TopicPartition] = set()
+        self._rebalance_lock = threading.Lock()
         self._events_since_start = 0
         self.consumer: Any = None
         self.producer: EventProducer | None = None
@@ -125,6 +130,11 @@ class Runner:
         port = self.settings.port(self.service)
         self.health_server = HealthServer(self.metrics, self.settings.metrics_host, port, self.health).start()
         self.producer = EventProducer(self.settings, self.schemas, self.topics, f"gdx.{self.service}")
+        self._subscribe()
+        self.metrics.up.labels(self.service).set(1)
+        log.info("started", extra={"inputs": self.inputs, "group": self.group_id, "metrics_port": self.health_server.port})
+
+    def _subscribe(self) -> None:
         self.consumer = make_consumer(self.settings, self.group_id, f"gdx.{self.service}.{self.settings.instance}",
                                       max_poll_records=self.settings.poll_records)
         # a topic created moments ago may not be in this client's metadata yet: the group's first
@@ -134,13 +144,57 @@ class Runner:
             while not self.consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
                 time.sleep(0.2)
         self.consumer.subscribe(self.inputs, listener=_Listener(self))
-        self.metrics.up.labels(self.service).set(1)
-        log.info("started", extra={"inputs": self.inputs, "group": self.group_id, "metrics_port": self.health_server.port})
+        self._unstable_since: float | None = None
+
+    def _watch_group(self) -> None:
+        """Start over with a new consumer when the group has been mid-rebalance for longer than
+        `rejoin_timeout_s`. kafka-python 3.0 sometimes never finishes a join (SyncGroup sent, no
+        assignment, heartbeats off, so the broker drops the member): the worker then polled forever
+        with no partitions. A new consumer joins afresh; what the old one had is handed over as on any
+        revoke, and the handler's store says where to resume."""
+        limit = self.settings.rejoin_timeout_s
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        if not limit or coordinator is None:
+            return
+        state = getattr(getattr(coordinator, "state", None), "name", "")
+        if state == "STABLE" and not coordinator.rejoin_needed:
+            self._unstable_since = None
+            return
+        now = time.monotonic()
+        if self._unstable_since is None:
+            self._unstable_since = now
+            return
+        if now - self._unstable_since < limit:
+            return
+        join = getattr(coordinator, "_join_task", None)
+        generation = getattr(coordinator, "_generation", None)
+        log.warning("consumer group join not finished; starting over with a new consumer", extra={
+            "group": self.group_id, "seconds": round(now - self._unstable_since), "member_state": state,
+            "generation": getattr(generation, "generation_id", None),
+            "join_in_flight": bool(join is not None and not join.is_done),
+            "coordinator": getattr(coordinator, "coordinator_id", None)})
+        self.metrics.rejoins.labels(self.service).inc()
+        old = self.consumer
+        try:
+            old.close(autocommit=False)  # the listener hears of the revoke and leaves the group
+        except Exception as exc:  # noqa: BLE001 - the member is dropped by the broker anyway
+            log.warning("closing the stuck consumer failed", extra={"error": str(exc)})
+        with self._rebalance_lock:
+            left = set(self._assigned)
+        if left:
+            _Listener(self)._revoked(left)
+        self._subscribe()
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this worker reads now: assigned by the group and taken on by the handler."""
+        with self._rebalance_lock:
+            return self._assigned - self._unsettled
 
     def health(self) -> dict[str, Any]:
         stale = time.monotonic() - self.stats.last_poll > max(60.0, self.settings.max_retries * 30)
         return {"status": "ok" if self._running and not stale else "unhealthy", "service": self.service,
-                "instance": self.settings.instance, "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in self._assigned),
+                "instance": self.settings.instance, "assigned": sorted(f"{tp.topic}:{tp.partition}" for tp in self.assignment),
                 "processed": self.stats.processed, "dead_lettered": self.stats.dead_lettered,
                 "pending": int(getattr(self.handler, "pending", 0) or 0)}
 
@@ -162,14 +216,16 @@ class Runner:
                 # a handler that also reads other topics in tick() may ask for a shorter wait here
                 polled = self.consumer.poll(timeout_ms=getattr(self.handler, "poll_timeout_ms", 500))
                 self.stats.last_poll = time.monotonic()
+                self._settle_assignment()
                 n = self._process_poll(polled)
                 n += self._tick()
-                if n or not self._assigned:  # idle only counts once partitions are assigned
+                if n or not self.assignment:  # idle only counts once partitions are taken on
                     idle_since = time.monotonic()
                 elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                     break
                 if time.monotonic() - last_lag > 5:
                     self._update_lag()
+                    self._watch_group()
                     last_lag = time.monotonic()
             self._handover()
         except _TransientExit as exc:
@@ -197,6 +253,32 @@ class Runner:
             self.health_server.stop()
 
     # -- processing --------------------------------------------------------------------------
+    def _settle_assignment(self) -> None:
+        """Take on the partitions the last rebalance assigned: the handler's on_assign (which may read
+        its store, seek and ask the broker) runs here, in the main thread, then the partitions are
+        resumed. Their records were held back by the pause, so none is processed before this."""
+        with self._rebalance_lock:
+            new, self._unsettled = self._unsettled, set()
+        if not new:
+            return
+        hook = getattr(self.handler, "on_assign", None)
+        if hook:
+            try:
+                hook(sorted(new))
+            except Exception:
+                with self._rebalance_lock:  # tried again after the next poll; the partitions stay paused
+                    self._unsettled |= new & self._assigned
+                raise
+        with self._rebalance_lock:
+            # a rebalance during on_assign may have taken some away again
+            still = [tp for tp in new if tp in self._assigned and tp not in self._unsettled]
+            for tp in still:
+                try:
+                    self.consumer.resume(tp)
+                except KeyError:  # no longer assigned to the client
+                    pass
+        log.debug("partitions taken on", extra={"partitions": sorted(f"{tp.topic}:{tp.partition}" for tp in still)})
+
     def _process_poll(self, polled: dict[TopicPartition, list[Any]]) -> int:
         if not polled:
             return 0
@@ -361,17 +443,29 @@ class Runner:
         if not self._assigned or not getattr(self.handler, "commit_metadata", None):
             return
         try:
-            self._commit({tp: self.consumer.position(tp) for tp in self._assigned})
+            settled = self.assignment  # one never taken on has nothing to hand over
+            self._commit({tp: pos for tp in settled if (pos := self.position(tp)) is not None})
         except Exception as exc:  # noqa: BLE001 - the next owner copes with an older commit
             log.warning("hand-over commit failed: %s", exc, extra={"error": str(exc)})
 
+    def position(self, tp: TopicPartition) -> int | None:
+        """The consumer's next offset for `tp` from its own state, or None when it has none yet.
+        KafkaConsumer.position() would resolve a missing one over the network and block the loop
+        (without a bound) while a rebalance is under way."""
+        state = self.consumer._subscription.assignment.get(tp)  # noqa: SLF001 - no public non-blocking read
+        position = getattr(state, "position", None)
+        return getattr(position, "offset", position) if position is not None else None
+
     def _update_lag(self) -> None:
-        if not self._assigned:
+        assigned = self.assignment
+        if not assigned:
             return
         try:
-            ends = self.consumer.end_offsets(list(self._assigned))
+            ends = self.consumer.end_offsets(sorted(assigned), timeout_ms=5_000)
             for tp, end in ends.items():
-                pos = self.consumer.position(tp)
+                pos = self.position(tp)
+                if pos is None:
+                    continue
                 self.metrics.consumer_lag.labels(self.service, self.topics.logical(tp.topic), str(tp.partition)).set(
                     max(0, end - pos))
         except (KafkaError, AssertionError, ValueError) as exc:
@@ -383,8 +477,11 @@ class _TransientExit(Exception):
 
 
 class _Listener(AsyncConsumerRebalanceListener):
-    """kafka-python 3 calls rebalance listeners on its IO thread, where a blocking commit cannot run:
-    the hand-over commit on a revoke awaits the coordinator's commit coroutine instead."""
+    """kafka-python 3 calls rebalance listeners on its IO thread, which also carries heartbeats and
+    the group's join: nothing here may block or call the consumer's blocking API. A revoke tells the
+    handler at once (it stops answering for the partitions) and awaits the hand-over commit as a
+    coroutine; an assignment only pauses the new partitions and leaves them to the main loop
+    (Runner._settle_assignment)."""
 
     def __init__(self, runner: Runner):
         self.runner = runner
@@ -401,33 +498,35 @@ class _Listener(AsyncConsumerRebalanceListener):
             return
         from kafka.structs import OffsetAndMetadata
 
+        with runner._rebalance_lock:
+            settled = runner._assigned - runner._unsettled  # one never taken on has nothing to hand over
         try:
-            subscription = runner.consumer._subscription  # noqa: SLF001 - positions without a network call
-            offsets = {}
-            for tp in runner._assigned:
-                state = subscription.assignment.get(tp)
-                position = getattr(state, "position", None)
-                if position is not None:
-                    offsets[tp] = OffsetAndMetadata(getattr(position, "offset", position), describe(), -1)
+            metadata = describe()
+            offsets = {tp: OffsetAndMetadata(pos, metadata, -1) for tp in settled
+                       if (pos := runner.position(tp)) is not None}
             if offsets:
-                await runner.consumer._coordinator._commit_offsets_sync_async(offsets)  # noqa: SLF001
+                # bounded: the group waits for this member's rejoin while it runs
+                await runner.consumer._coordinator._commit_offsets_sync_async(offsets, timeout_ms=5_000)  # noqa: SLF001
         except Exception as exc:  # noqa: BLE001 - the next owner copes with an older commit
             log.warning("hand-over commit failed: %s", exc, extra={"error": str(exc)})
 
     def _revoked(self, revoked: Any) -> None:
-        self.runner._assigned -= set(revoked)
+        with self.runner._rebalance_lock:
+            self.runner._assigned -= set(revoked)
+            self.runner._unsettled -= set(revoked)
         hook = getattr(self.runner.handler, "on_revoke", None)
         if hook:
-            hook(list(revoked))
+            hook(list(revoked))  # handlers keep this to set changes (see IndexApp.on_revoke)
         for tp in revoked:
             self.runner.metrics.consumer_lag.remove(self.runner.service, self.runner.topics.logical(tp.topic),
                                                     str(tp.partition)) if _has_label(self.runner, tp) else None
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.runner._assigned |= set(assigned)
-        hook = getattr(self.runner.handler, "on_assign", None)
-        if hook:
-            hook(list(assigned))
+        assigned = set(assigned)
+        with self.runner._rebalance_lock:
+            self.runner._assigned |= assigned
+            self.runner._unsettled |= assigned
+            self.runner.consumer.pause(*assigned)  # only marks the client's state
 
 
 def _has_label(runner: Runner, tp: TopicPartition) -> bool:

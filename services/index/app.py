@@ -120,9 +120,9 @@ class IndexApp:
 
     # -- partition ownership ----------------------------------------------------------------------
     # Each released batch (and clinical record) lives on one partition, and the worker assigned a
-    # partition owns its data. The runner's rebalance listener calls these on the consumer's IO thread,
-    # so they only change sets and positions (no writes, no waiting); tick() drops data in the runner
-    # thread. kafka-python's default assignors are eager: every member revokes everything before any
+    # partition owns its data. The runner's rebalance listener calls on_revoke on the consumer's IO
+    # thread, so it only changes sets; on_assign runs in the runner's thread before the partitions
+    # are read, and tick() drops data there too. kafka-python's default assignors are eager: every member revokes everything before any
     # member is assigned, so no two workers ever count one partition.
 
     def _key(self, tp: TopicPartition) -> tuple[str, int]:
@@ -251,8 +251,10 @@ class IndexApp:
             # between polls every event before the consumer's position is applied (or dead-lettered)
             tps = [TopicPartition(self.topics.name(t), p) for t, p in owned]
             try:
-                ends = consumer.end_offsets(tps)
-                self._rebuild_pending = sum(max(0, end - consumer.position(tp)) for tp, end in ends.items())
+                ends = consumer.end_offsets(tps, timeout_ms=5_000)
+                positions = {tp: self.runner.position(tp) for tp in ends}  # type: ignore[union-attr]
+                # a partition without a position yet (just assigned) is still to be read in full
+                self._rebuild_pending = sum(max(0, end - (positions[tp] or 0)) for tp, end in ends.items())
             except (KafkaError, ValueError, AssertionError) as exc:
                 log.debug("end offsets unavailable", extra={"error": str(exc)})
         else:
@@ -284,6 +286,8 @@ class IndexApp:
 
     def close(self) -> None:
         self.retractions.close(autocommit=False)
+        if self._sizing.is_alive():
+            self._sizing.join(timeout=10)  # a size measure under way ends first (the store closes under it)
         self.handler.store.close()
 
     # -- queries (HTTP threads) ---------------------------------------------------------------

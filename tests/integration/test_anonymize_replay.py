@@ -135,7 +135,7 @@ def test_replay_is_byte_identical_and_key_rotation_reissues_everything(
     # a rewind refuses while a worker runs (it would race the worker's own commits)
     running = anonymize(kafka, key_file=keys).start()
     try:
-        wait_for(lambda: running.runner._assigned, 30, what="partitions assigned")
+        wait_for(lambda: running.runner.assignment, 30, what="partitions assigned")
         code, out = gdx(monkeypatch, capsys, kafka, "anonymize", "rewind")
         assert code == 1 and "stop every anonymize worker first" in out
     finally:

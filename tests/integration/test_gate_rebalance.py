@@ -37,7 +37,7 @@ def released(log: TopicLog) -> set[tuple[str, str]]:
 
 
 def owned(worker: ServiceThread) -> int:
-    return len(worker.runner._assigned)
+    return len(worker.runner.assignment)
 
 
 def test_late_consent_releases_held_data_after_its_partitions_moved_to_another_worker(kafka: KafkaTestEnv):

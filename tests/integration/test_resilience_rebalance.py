@@ -30,7 +30,7 @@ def test_second_worker_of_each_stream_service_joins_and_leaves_mid_stream(kafka:
             second.extend([anonymize(kafka, instance="2", keys=KEYS).start(), consent_gate(kafka, instance="2").start(),
                            index(kafka, instance="2").start(),
                            feeds(kafka, instance="2", subscriptions_file=subscriptions).start()])
-            wait_for(lambda: all(w.runner._assigned for w in second), 60, what="the second workers got partitions")
+            wait_for(lambda: all(w.runner.assignment for w in second), 60, what="the second workers got partitions")
         elif i == 3:
             wait_for(lambda: all(w.runner.stats.processed for w in second), 60, what="the second workers worked")
             for w in second:
