@@ -247,7 +247,7 @@ class IndexStore:
         self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         # read connections: a read takes an idle one or opens one; close() closes them all
         self._idle_readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._readers: list[sqlite3.Connection] = []
+        self._closed = False
         self._slice_members = 0
         self._retractions: dict[tuple[str, str], int] = {
             (d, p): t for d, p, t in self._conn.execute("SELECT dataset, participant, consent_time FROM retraction")}
@@ -297,16 +297,24 @@ class IndexStore:
             conn = self._connect()
             conn.execute("PRAGMA query_only=1")
             conn.execute(f"PRAGMA cache_size=-{self._reader_cache_kib}")
-            self._readers.append(conn)
         try:
             yield conn
         finally:
-            self._idle_readers.put(conn)
+            if self._closed:
+                conn.close()  # the store closed while this read ran: closed by the thread that used it
+            else:
+                self._idle_readers.put(conn)
 
     def close(self) -> None:
-        for reader in self._readers:
-            reader.close()
-        self._readers.clear()
+        """Close the writer and every idle read connection; one in use (a query or the size gauge on
+        another thread) is closed when its read ends. Closing it under the running statement crashed
+        the process (SQLite frees the statement's memory)."""
+        self._closed = True
+        while True:
+            try:
+                self._idle_readers.get_nowait().close()
+            except queue.Empty:
+                break
         self._conn.close()
 
     def checkpoint(self) -> None:
