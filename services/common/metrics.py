@@ -39,6 +39,9 @@ class Metrics:
                                             ["service", "topic"], buckets=LATENCY_BUCKETS, registry=r)
         self.consumer_lag = Gauge("gdx_consumer_lag", "Messages behind the partition's end",
                                   ["service", "topic", "partition"], registry=r)
+        self.rejoins = Counter("gdx_consumer_rejoins_total",
+                               "Consumers replaced because their group join did not finish in time", ["service"],
+                               registry=r)
         self.records_in = Counter("gdx_variant_records_in_total", "VCF records (variant rows) consumed",
                                   ["service", "topic"], registry=r)
         self.records_out = Counter("gdx_variant_records_out_total", "VCF records (variant rows) produced",
