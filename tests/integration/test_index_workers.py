@@ -76,7 +76,7 @@ def caught_up(workers: list[IndexThread], ends: dict[tuple[str, int], int]) -> b
     for worker in workers:
         app = worker.app
         try:
-            owned = {(app.topics.logical(tp.topic), tp.partition) for tp in list(worker.runner._assigned)}
+            owned = {(app.topics.logical(tp.topic), tp.partition) for tp in list(worker.runner.assignment)}
         except RuntimeError:  # the assignment changed while read: a rebalance is going on
             return False
         if app.handler.store.serving != frozenset(owned) or app._to_drop:
@@ -230,8 +230,11 @@ def test_two_workers_answer_as_one_and_joining_or_leaving_loses_nothing(kafka: K
         ends = released.ends()
         spread = {p for (t, p), end in ends.items() if t == RELEASED_VARIANTS and end}
         assert len(spread) >= 3, f"released variants on partitions {spread} only: the test needs them spread"
-        wait_for(lambda: caught_up([truth], ends) and caught_up([first, second], ends), 120,
-                 what="workers caught up with the released topics")
+        # the group learns of the second worker at the first worker's next heartbeat (every 3 s): until
+        # that rebalance the first alone owning everything also looks caught up
+        wait_for(lambda: caught_up([truth], ends) and caught_up([first, second], ends)
+                 and first.runner.assignment and second.runner.assignment, 120,
+                 what="both workers given partitions and caught up with the released topics")
 
         names = sorted({f"ds{i}" for i in range(FILES)})
         one = Answers(loop, [truth], names)
@@ -251,7 +254,7 @@ def test_two_workers_answer_as_one_and_joining_or_leaving_loses_nothing(kafka: K
         # each file lives on exactly one worker: the first dropped what the second took over
         assert completeness([first, second]) == completeness([truth])
         kept = {k for k in first.app.handler.store.positions() if k[0] != RETRACTIONS}
-        taken = {(first.app.topics.logical(tp.topic), tp.partition) for tp in second.runner._assigned}
+        taken = {(first.app.topics.logical(tp.topic), tp.partition) for tp in second.runner.assignment}
         assert taken and not kept & taken
         assert all(f["complete"] for f in completeness([truth])) and len(completeness([truth])) == 6
 
