@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -60,6 +61,7 @@ class Pipeline:
         self.env = {**os.environ, **self.kafka.env, "GDX_RUN_DIR": str(self.dir / "run"),
                     "GDX_INDEX_QUERY_PORT": str(self.query_port), "GDX_PUBLISH_API_PORT": str(self.api_port),
                     "GDX_PUBLISH_INDEX_URLS": f"http://127.0.0.1:{self.query_port}", "GDX_LOG_LEVEL": os.environ.get("GDX_LOG_LEVEL", "WARNING"),
+                    "GDX_KAFKA_LOG_LEVEL": os.environ.get("GDX_KAFKA_LOG_LEVEL", "WARNING"),
                     # the benchmark's own polling would spend a client's query budget (429) in seconds
                     "GDX_PUBLISH_BUDGET_QUERIES": "0"}
         for svc in SERVICES:
@@ -139,7 +141,11 @@ class Pipeline:
             if dead:
                 raise RuntimeError(f"service(s) {dead} died; logs in {self.dir}")
             time.sleep(0.05)
-        raise TimeoutError(f"{file_id} not complete in the index within {timeout}s; logs in {self.dir}")
+        for p in self.procs.values():  # each service writes its threads' stacks to its log
+            p.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        raise TimeoutError(f"{file_id} not complete in the index within {timeout}s; logs (with each service's"
+                           f" stacks) in {self.dir}")
 
     def stop(self) -> None:
         for p in self.procs.values():

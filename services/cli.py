@@ -6,8 +6,10 @@ Every command exits 0 on success and non-zero with a one-line reason on stderr o
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import gc
 import json
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -252,6 +254,7 @@ def _serve(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
 
     _limit_malloc_arenas()
+    _stacks_on_signal()
     module = importlib.import_module(f"gdx.{args.service}.app")
     try:
         return int(module.main() or 0)
@@ -260,6 +263,16 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gdx serve {args.service}: Kafka unavailable, exiting for a restart: {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return 75
+
+
+def _stacks_on_signal() -> None:
+    """`kill -USR1 <pid>` writes every thread's stack to the service's stderr (its log): what a
+    service that seems stuck is doing, without stopping it."""
+    if hasattr(signal, "SIGUSR1"):
+        try:
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
+        except (AttributeError, ValueError, OSError):  # stderr is not a file (embedded, captured)
+            pass
 
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:

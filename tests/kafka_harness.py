@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -125,6 +127,7 @@ def consume_until(consumer: KafkaConsumer, predicate: Callable[[list[Any]], bool
         if predicate(seen):
             return seen
         if time.monotonic() > deadline:
+            _dump_threads()
             raise AssertionError(f"condition not met within {timeout}s; saw {len(seen)} records")
 
 
@@ -135,8 +138,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float 
         if value:
             return value
         if time.monotonic() > deadline:
+            _dump_threads()
             raise AssertionError(f"{what} not met within {timeout}s")
         time.sleep(interval)
+
+
+def _dump_threads() -> None:
+    """Every thread's stack on stderr (shown with the failure): what a stuck service thread was doing."""
+    sys.stderr.write("--- threads at the timeout ---\n")
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
 
 
 def unique_prefix() -> str:

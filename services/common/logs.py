@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -47,5 +48,6 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # kafka-python is chatty at INFO about every connection
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    # kafka-python is chatty at INFO about every connection; GDX_KAFKA_LOG_LEVEL=INFO shows its group
+    # joins and rebalances when a consumer seems stuck
+    logging.getLogger("kafka").setLevel(os.environ.get("GDX_KAFKA_LOG_LEVEL", "WARNING").upper())
