@@ -18,7 +18,7 @@ from gdx.common.settings import REPO_ROOT
 from kafka import KafkaProducer
 
 from tests.integration.echo_service import IN, OUT, EchoHandler, make_runner
-from tests.kafka_harness import KafkaTestEnv
+from tests.kafka_harness import KafkaTestEnv, wait_for
 
 SCHEMAS = REPO_ROOT / "schemas"
 
@@ -146,3 +146,33 @@ def test_a_service_refuses_to_start_naming_the_topics_that_are_missing(kafka: Ka
     missing = kafka.topic("gdx.raw.variants.v1").replace("raw.variants", "raw.nothing")
     with pytest.raises(ConfigurationError, match=f"topics missing: {missing} "):
         check_topics(kafka.settings(), [kafka.topic(IN), missing])
+
+
+def test_a_group_join_that_never_finishes_is_started_over_with_a_new_consumer(kafka: KafkaTestEnv) -> None:
+    """kafka-python 3.0 now and then never finishes a rebalance (seen: SyncGroup sent, no assignment,
+    the member dropped by the broker), and the worker polled on with no partitions. Injected here: the
+    consumer's next join never returns. The runner replaces the consumer and the stream goes on."""
+    produce(kafka, [consent("p1", 1)])
+    runner = make_runner(kafka.settings(metrics_port=0, rejoin_timeout_s=3))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: kafka.decode_all(OUT), 60, what="the first event echoed")
+        stuck = runner.consumer
+        coordinator = stuck._coordinator
+
+        async def never_joins() -> None:
+            await coordinator._manager._net.sleep(3600)
+
+        coordinator._do_join_and_sync_async = never_joins
+        coordinator.request_rejoin()
+        wait_for(lambda: not runner.assignment, 30, what="the rebalance under way")
+        produce(kafka, [consent("p2", 2)])
+        wait_for(lambda: runner.consumer is not stuck and runner.assignment, 60, what="a new consumer with partitions")
+        wait_for(lambda: len(kafka.decode_all(OUT)) == 2, 60, what="the event sent during the stall echoed")
+        assert [v["participant"] for _, v in kafka.decode_all(OUT)] == ["p1", "p2"]
+        assert runner.metrics.registry.get_sample_value("gdx_consumer_rejoins_total", {"service": "echo"}) == 1
+    finally:
+        runner.stop()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
