@@ -8,6 +8,7 @@ import hashlib
 import heapq
 import itertools
 import json
+import os
 import queue
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -53,8 +54,14 @@ SLICE_CACHE_MEMBERS = 200_000
 # Python work per row of an answer.
 READER_CACHE_MB = 8
 
-# Size the WAL file is cut back to when the log starts over (MiB).
+# Size the WAL file is cut back to when the log starts over (MiB). Past it, a commit waits briefly for
+# the reads under way to end, so the log can start over (see IndexStore.checkpoint).
 WAL_LIMIT_MB = 64
+# Longest a commit waits for running reads when the WAL is past its limit (ms); it tries again at the
+# next commit when they are still running.
+WAL_RESTART_WAIT_MS = 200
+# How long a write waits for the database lock otherwise (ms; Python's sqlite3 default).
+BUSY_TIMEOUT_MS = 5000
 
 # Highest ploidy whose allele codes fit a byte (3 bits copies, 3 bits called, 1 bit missing).
 MAX_PLOIDY = 7
@@ -271,7 +278,8 @@ class IndexStore:
         return serving is None or topic is None or partition is None or (topic, partition) in serving
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=BUSY_TIMEOUT_MS / 1000)
         if not self._memory:
             # WAL: readers never block the writer, and a commit is one append to the log. The log is
             # written from its start again after a checkpoint no reader was behind; without a size limit
@@ -322,8 +330,23 @@ class IndexStore:
         before a checkpoint). Called before the consumer commits its offsets, so one purge and one sync
         cover a whole poll instead of every event."""
         self.purge_pending()
-        if not self._memory:
-            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        if self._memory:
+            return
+        self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        # Under a steady query load some read always holds an older snapshot of the log, so the log
+        # never starts over and its file grew without end (1.3 GB ten minutes into the soak). Past the
+        # limit, wait a moment for the reads under way (new ones read the database file meanwhile)
+        # and cut the file back.
+        try:
+            size = os.path.getsize(self.path + "-wal")
+        except OSError:
+            return
+        if size > WAL_LIMIT_MB << 20:
+            self._conn.execute(f"PRAGMA busy_timeout={WAL_RESTART_WAIT_MS}")
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     # -- transactions and positions --------------------------------------------------------------
     @contextmanager

@@ -503,3 +503,51 @@ def test_counts_equal_direct_computation_under_any_consents(tmp_path_factory, da
             else:
                 assert (got[key].allele_count, got[key].allele_number) == (ac, an)
     store.close()
+
+
+def test_the_wal_is_cut_back_under_a_steady_query_load(tmp_path, monkeypatch):
+    """Queries that never pause kept an older snapshot of the log in use, so the log never started
+    over and its file grew with every batch (1.3 GB ten minutes into the soak)."""
+    import os
+    import threading
+    import time
+
+    import gdx.index.store as store_module
+
+    monkeypatch.setattr(store_module, "WAL_LIMIT_MB", 1)
+    path = tmp_path / "index.sqlite3"
+    handler = IndexHandler(IndexStore(path))
+    samples = [f"S{i}" for i in range(50)]
+    reading = threading.Event()
+    stop = threading.Event()
+
+    def queries() -> None:  # reads of 30 ms each, back to back, holding a snapshot of the log
+        while not stop.is_set():
+            with handler.store.reading() as conn:
+                conn.execute("BEGIN")
+                conn.execute("SELECT count(*) FROM vrow").fetchone()
+                reading.set()
+                stop.wait(0.03)
+                conn.execute("COMMIT")
+
+    readers = [threading.Thread(target=queries, daemon=True) for _ in range(2)]  # always one reading
+    for reader in readers:
+        reader.start()
+        time.sleep(0.015)
+    reading.wait(5)
+    largest = 0
+    try:
+        for i in range(40):
+            records = [record(10_000 * i + j, "A", ["G"], [(0, 1)] * len(samples)) for j in range(1500)]
+            handler.handle("org.gdx.ReleasedVariantBatch", batch(samples, records, batch_index=i),
+                           topic="gdx.released.variants.v1", partition=0, offset=i)
+            handler.commit()
+            largest = max(largest, os.path.getsize(f"{path}-wal"))
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(5)
+    total = os.path.getsize(path)
+    assert total > 4 << 20, "the test must write several times the WAL limit"
+    assert largest < 3 << 20, f"the WAL reached {largest >> 10} KiB with a 1 MiB limit ({total >> 10} KiB written)"
+    handler.store.close()
