@@ -312,7 +312,7 @@ class IndexApp:
                 assembly_id=q.get("assemblyId"), variant_type=q.get("variantType"),
                 datasets=frozenset(body["datasets"]) if body.get("datasets") is not None else None,
                 granularity=body.get("granularity", "count"), skip=int(body.get("skip", 0)),
-                limit=body.get("limit"))
+                limit=body.get("limit"), with_keys=bool(body.get("keys", True)))
             return JsonText(to_json(store.query_variants(vq, flt)))
         if path == "/individuals":
             cq = CohortQuery(filters=tuple(body.get("filters", ())),

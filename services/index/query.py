@@ -119,6 +119,10 @@ class VariantQuery:
     limit: int | None = None
     # False lets a worker stop as soon as it has skip+limit variants (no exact total)
     with_total: bool = True
+    # False: the worker counts its carried variants without listing their keys. The keys are what
+    # counts a variant held by two workers once; a lone worker's count is the total already, and
+    # the list of every key in a wide range made its count queries cost memory in proportion to it.
+    with_keys: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "start", tuple(int(s) for s in self.start))
@@ -227,8 +231,9 @@ class VariantResult:
     A worker lists, in result order, every variant that any matching participant of it has a call
     for, up to its (skip+limit)-th carried variant, including variants it has no carrier of (their
     allele numbers count once another worker has the carrier); `carrier_keys` lists all its carried
-    variants so that the merged `total` counts each variant once. A merged result holds only carried
-    variants, paginated, with `total` the number of carried variants (None when not computed).
+    variants so that the merged `total` counts each variant once (None when the query asked for no
+    keys: `total` is then the worker's own count). A merged result holds only carried variants,
+    paginated, with `total` the number of carried variants (None when not computed).
     """
 
     hits: list[VariantHit] = field(default_factory=list)
@@ -335,6 +340,8 @@ def _merge_variants(results: list[VariantResult], query: VariantQuery | None) ->
     total: int | None
     if results and all(r.carrier_keys is not None for r in results):
         total = len({k for r in results for k in r.carrier_keys or ()})
+    elif len(results) == 1:
+        total = results[0].total  # one worker's own count (asked without keys)
     else:
         total = None
     exists = any(r.exists for r in results) or bool(hits)

@@ -695,6 +695,8 @@ class IndexStore:
         want = None if query.limit is None else query.skip + query.limit
         hits: list[VariantHit] = []
         carrier_keys: list[VariantKey] = []
+        carried_count = 0
+        keys = query.with_keys
         record = query.granularity == "record"
         for assembly in assemblies:
             rows = self._select(conn, assembly, crank, contig, query)
@@ -705,13 +707,15 @@ class IndexStore:
                 if not stats:
                     continue
                 carried = any(s.allele_count for s in stats)
-                if want is None or len(carrier_keys) < want:
+                if want is None or carried_count < want:
                     hits.append(VariantHit(assembly, contig, start, end, ref, alt, group_rows[0][5], stats))
                 if carried:
-                    carrier_keys.append((assembly, contig, start, end, ref, alt))
-                    if want is not None and len(carrier_keys) >= want and not query.with_total:
+                    carried_count += 1
+                    if keys:
+                        carrier_keys.append((assembly, contig, start, end, ref, alt))
+                    if want is not None and carried_count >= want and not query.with_total:
                         return VariantResult(hits, None, True, None)
-        return VariantResult(hits, len(carrier_keys), bool(carrier_keys), carrier_keys)
+        return VariantResult(hits, carried_count, carried_count > 0, carrier_keys if keys else None)
 
     def _select(self, conn: sqlite3.Connection, assembly: str, crank: int, contig: str,
                 query: VariantQuery) -> Iterator[tuple[Any, ...]]:

@@ -87,8 +87,9 @@ class HttpIndexClient:
             window: int | None = 0
         else:
             window = skip + limit if limit else None
+        # the variant keys only serve to count a variant two workers hold once
         body = {"query": query, "datasets": datasets, "purposes": _purposes_of(participant_filter),
-                "granularity": granularity, "skip": 0, "limit": window}
+                "granularity": granularity, "skip": 0, "limit": window, "keys": len(self.urls) > 1}
         results = [from_json(t) for t in await self._post("/variants", body)]
         merged = merge(results)  # type: ignore[arg-type]
         hits = merged.hits[skip:skip + limit] if limit else []

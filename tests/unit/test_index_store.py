@@ -551,3 +551,18 @@ def test_the_wal_is_cut_back_under_a_steady_query_load(tmp_path, monkeypatch):
     assert total > 4 << 20, "the test must write several times the WAL limit"
     assert largest < 3 << 20, f"the WAL reached {largest >> 10} KiB with a 1 MiB limit ({total >> 10} KiB written)"
     handler.store.close()
+
+
+def test_a_count_without_keys_gives_the_same_total_and_no_key_list(store):
+    """What publish asks a lone worker: the total of a range, without the key of every variant in it
+    (keys only serve to count a variant two workers hold once)."""
+    store.add_batch(batch(["A", "B"], [record(100 + 10 * i, "A", ["G"], [(0, 1), (0, 0)] if i % 3 else [(0, 0)] * 2)
+                                       for i in range(30)]))
+    wide = dict(reference_name="chr1", start=(0,), end=(10_000,), limit=0)
+    with_keys = store.query_variants(VariantQuery(**wide), EVERYONE)
+    without = store.query_variants(VariantQuery(**wide, with_keys=False), EVERYONE)
+    assert with_keys.total == without.total == 20 and len(with_keys.carrier_keys) == 20
+    assert without.carrier_keys is None and without.exists
+    # over the wire and merged, as publish sees it
+    merged = merge([from_json(to_json(without))], VariantQuery(**wide, with_keys=False))
+    assert merged.total == 20 and merged.hits == []
