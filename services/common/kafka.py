@@ -208,7 +208,8 @@ def check_topics(settings: Settings, names: Iterable[str]) -> None:
     deadline = time.monotonic() + 15
     try:
         while True:
-            missing = sorted(wanted - set(admin.list_topics()))
+            # metadata of just these topics: listing every topic took 1 s on a broker with thousands
+            missing = sorted(t["name"] for t in admin.describe_topics(sorted(wanted)) if t["error_code"] != 0)
             if not missing or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
