@@ -25,6 +25,10 @@ AnonymizeServiceSettings = AnonymizeSettings
 class AnonymizeHandler:
     """Keys: file id for variants and manifests (file order kept), dataset/pseudonym for the rest."""
 
+    # variant batches arrive by column: their rows pass through (IDs reduced to rsIDs) without a dict
+    # per record being built and taken apart again
+    columnar = True
+
     def __init__(self, anonymizer: Anonymizer):
         self.anonymizer = anonymizer
 

@@ -21,9 +21,12 @@ from gdx.anonymize.deidentify import (
 from gdx.anonymize.pseudonym import DEFAULT_CACHE_SIZE, DomainPolicy, KeyRing, Pseudonymizer, pseudonym_domain
 from gdx.anonymize.settings import AnonymizeSettings, load_keyring
 from gdx.common.avro import UnknownSchemaError
+from gdx.common.columns import COLUMNS
 from gdx.common.errors import PermanentError
 
 RSID_RE = re.compile(r"^rs\d+$")
+# a whole VariantColumns.ids column holding rsIDs only
+_ALL_RSIDS = re.compile(r"(?:rs\d+(?:;rs\d+)*)?(?:\t(?:rs\d+(?:;rs\d+)*)?)*\Z")
 
 # Header keys whose lines may pass (allowlist); everything else (##SAMPLE, ##PEDIGREE, ##commandline,
 # ##GATKCommandLine, ##bcftools_*Command, ##DRAGENCommandLine, ##pedigreeDB, ...) is dropped.
@@ -117,6 +120,9 @@ def anonymize_variant_batch(batch: Mapping[str, Any], ctx: AnonymizeContext) -> 
     center, dataset = _field(batch, s, "center"), _field(batch, s, "dataset")
     samples = _strings(batch, s, "samples")
     records = _field(batch, s, "records", list)
+    columns = batch.get(COLUMNS)
+    if columns is not None and records:
+        raise InvalidInputError(f"{s}: both records and columns")
     out_records = []
     for rec in records:
         if not isinstance(rec, Mapping) or not isinstance(rec.get("ids"), list):
@@ -127,7 +133,7 @@ def anonymize_variant_batch(batch: Mapping[str, Any], ctx: AnonymizeContext) -> 
             out_records.append(rec)
         else:
             out_records.append({**rec, "ids": [i for i in ids if isinstance(i, str) and RSID_RE.match(i)]})
-    return {
+    out = {
         "center": center,
         "dataset": dataset,
         "file_id": _opaque(ctx, "file_id", _field(batch, s, "file_id"), center, dataset, samples),
@@ -139,6 +145,17 @@ def anonymize_variant_batch(batch: Mapping[str, Any], ctx: AnonymizeContext) -> 
         "samples": ctx.pseudonymizer.participants(ctx.domain(dataset), center, samples),
         "records": out_records,
     }
+    if columns is not None:
+        out[COLUMNS] = {**columns, "ids": _rsid_column(columns["ids"])}
+    return out
+
+
+def _rsid_column(text: str) -> str:
+    """VariantColumns.ids (records tab-separated, a record's IDs ';'-separated) with rsIDs only."""
+    if _ALL_RSIDS.match(text):
+        return text  # the usual case: every ID is '.' (none) or an rsID already
+    return "\t".join(";".join(i for i in ids.split(";") if RSID_RE.match(i)) if ids else ""
+                     for ids in text.split("\t"))
 
 
 def _reference_line(value: str) -> str | None:

@@ -176,7 +176,7 @@ class SchemaCatalog:
 
     def encode(self, name: str, value: dict[str, Any]) -> bytes:
         ws = self.writer(name)
-        if ws.columnar and value.get("records"):
+        if ws.columnar and value.get("records") and value.get(COLUMNS) is None:
             columns = to_columns(value["records"])
             if columns is not None:
                 value = {**value, "records": [], COLUMNS: columns}
@@ -189,17 +189,21 @@ class SchemaCatalog:
             raise EncodeError(f"value does not fit schema {name}: {exc}") from exc
         return buf.getvalue()
 
-    def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
+    def decode(self, data: bytes, columns: bool = False) -> tuple[str, dict[str, Any]]:
+        """The schema name and value of an encoded event. A variant batch's records come back as
+        record dicts, or with `columns` as they travelled: `records` empty and the VariantColumns
+        value under `columns` (a handler that passes the rows through untouched skips building a
+        dict per record; encode() sends such a value as it is)."""
         fp, body = split_header(data)
         ws = self._by_fp.get(fp)
         if ws is None:
             raise UnknownSchemaError(f"unknown writer schema fingerprint {fp.hex()}")
         try:
             value: Any = fastavro.schemaless_reader(io.BytesIO(body), ws.parsed, ws.reader)
-            if isinstance(value, dict) and COLUMNS in value:
-                columns = value.pop(COLUMNS)
-                if columns is not None:
-                    value["records"] = from_columns(columns)
+            if isinstance(value, dict) and COLUMNS in value and not columns:
+                cols = value.pop(COLUMNS)
+                if cols is not None:
+                    value["records"] = from_columns(cols)
         except Exception as exc:  # fastavro raises many types on a corrupt body
             raise DecodeError(f"corrupt Avro body for {ws.name}: {type(exc).__name__}: {exc}") from exc
         return ws.name, value

@@ -100,6 +100,31 @@ def test_variant_batch_pseudonymizes_samples_and_keeps_only_rsids():
     assert raw["samples"] == SAMPLES and raw["records"][1]["ids"][0] == "HG00096_var7"  # input untouched
 
 
+def test_a_batch_by_column_passes_through_with_the_same_result_as_by_record():
+    """The service reads variant batches as they travel (columns) and sends them on the same way:
+    what arrives downstream equals the record-by-record path, with the sample-named ID gone."""
+    raw = batch()
+    wire = CATALOG.encode("org.gdx.VariantBatch", raw)
+    _, by_column = CATALOG.decode(wire, columns=True)
+    assert by_column["records"] == [] and by_column["columns"]["count"] == 3
+    out = anonymize_variant_batch(by_column, CTX)
+    assert out["records"] == [] and out["columns"]["ids"] == "rs123\trs456\t"
+    sent = CATALOG.encode("org.gdx.PseudoVariantBatch", out)
+    assert b"HG00096" not in sent
+    _, downstream = CATALOG.decode(sent)
+    assert downstream == fits("org.gdx.PseudoVariantBatch", anonymize_variant_batch(raw, CTX))
+
+
+@pytest.mark.parametrize(("column", "kept"), [
+    ("", ""), ("\t\t", "\t\t"), ("rs1;rs22\t\trs3", "rs1;rs22\t\trs3"),
+    ("HG00096_var7;rs456\tchr1:100:A:G\trs9", "rs456\t\trs9"), ("rs1x\trs2", "\trs2"), ("rs\tRS5", "\t"),
+])
+def test_the_id_column_keeps_rsids_only(column: str, kept: str):
+    from gdx.anonymize.handler import _rsid_column
+
+    assert _rsid_column(column) == kept
+
+
 def test_one_participant_one_pseudonym_across_variants_clinical_and_consent():
     sample = anonymize_variant_batch(batch(), CTX)["samples"][0]
     assert anonymize_consent(consent(), CTX)["participant"] == sample
