@@ -140,6 +140,9 @@ class ConsentGateApp:
     # Data and consent are read by two consumers in one loop: both wait briefly when idle, so a consent
     # event (a revocation above all) is applied within about 0.2 s of reaching the topic.
     poll_timeout_ms = 100
+    # variant batches arrive by column and their genotype columns are cut as such (slice_columns):
+    # no dict per record is built and taken apart again
+    columnar = True
 
     def __init__(self, handler: ConsentGateHandler, reader: ConsentReader, settings: ConsentGateSettings | None = None):
         self.handler = handler

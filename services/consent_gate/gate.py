@@ -90,6 +90,48 @@ def slice_records(records: Sequence[dict[str, Any]], keep: Sequence[int], n_samp
     return out
 
 
+def slice_columns(cols: dict[str, Any], keep: Sequence[int], n_samples: int) -> dict[str, Any]:
+    """slice_records for a batch by column (org.gdx.VariantColumns): the per-sample columns cut to
+    the samples at indexes `keep`. Where every record has the field at one width (the usual case) the
+    whole column is one (records x samples x width) matrix cut in one numpy call."""
+    if len(keep) == n_samples and list(keep) == list(range(n_samples)):
+        return cols
+    n = cols["count"]
+    rows = np.asarray(keep, dtype=np.intp)
+    n_alts = [a.count(",") + 1 if a else 0 for a in cols["alts"].split("\t")] if n else []
+    widths = {
+        "gt": np.frombuffer(cols["ploidy"], dtype="<i4").astype(np.int64),
+        "phased": np.ones(n, dtype=np.int64),
+        "dp": np.full(n, 4, dtype=np.int64),
+        "gq": np.full(n, 4, dtype=np.int64),
+        "ad": 4 * (1 + np.asarray(n_alts, dtype=np.int64)),
+    }
+    out = dict(cols)
+    for name, width in widths.items():
+        blob, lens = cols[name], np.frombuffer(cols[f"{name}_len"], dtype="<i4").astype(np.int64)
+        if len(lens) != n or len(width) != n:
+            raise ValueError(f"VariantColumns: {name} lengths for {len(lens)} records, count {n}")
+        present = lens >= 0
+        if np.any(lens[present] != n_samples * width[present]):
+            raise ValueError(f"{name} has a record of the wrong size for {n_samples} samples")
+        if not n or not present.any():
+            continue
+        if present.all() and (width == width[0]).all():
+            w = int(width[0])
+            taken = np.frombuffer(blob, dtype=np.uint8).reshape(n, n_samples, w)[:, rows, :].tobytes()
+            new_lens = np.full(n, len(rows) * w, dtype="<i4")
+        else:
+            ends = np.cumsum(np.where(present, lens, 0))
+            starts = ends - np.where(present, lens, 0)
+            arrays = [blob[s:e] if p else None for s, e, p in zip(starts.tolist(), ends.tolist(), present.tolist(),
+                                                                  strict=True)]
+            parts = _take_rows(arrays, width.tolist(), n_samples, rows, name)
+            taken = b"".join(p for p in parts if p is not None)
+            new_lens = np.asarray([-1 if p is None else len(p) for p in parts], dtype="<i4")
+        out[name], out[f"{name}_len"] = taken, new_lens.tobytes()
+    return out
+
+
 def _take_rows(arrays: list[bytes | None], widths: list[int], n_samples: int, rows: Any,
                name: str) -> list[bytes | None]:
     groups: dict[int, list[int]] = {}

@@ -7,10 +7,11 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gdx.common.columns import COLUMNS
 from gdx.common.envelope import stable_id
 from gdx.common.metrics import Metrics, now_ms
 from gdx.common.runner import Event, Output
-from gdx.consent_gate.gate import ConsentState, GateDecision, release_decision, slice_records
+from gdx.consent_gate.gate import ConsentState, GateDecision, release_decision, slice_columns, slice_records
 from gdx.consent_gate.matching import Decision
 from gdx.consent_gate.store import GateStore
 
@@ -83,8 +84,11 @@ class ConsentGateHandler:
         release_id = stable_id(SERVICE, "variants", batch["file_id"], batch["batch_index"],
                                *[(t["participant"], t["consent_version"]) for t in terms])
         value = {k: batch[k] for k in ("dataset", "file_id", "batch_index", "first_record", "record_count", "assembly")}
+        columns = batch.get(COLUMNS)
         value.update(release_id=release_id, samples=released, terms=terms,
-                     records=slice_records(batch["records"], keep, len(samples)) if keep else [])
+                     records=slice_records(batch["records"], keep, len(samples)) if keep and columns is None else [])
+        if keep and columns is not None:  # as it travelled (see ConsentGateApp.columnar)
+            value[COLUMNS] = slice_columns(columns, keep, len(samples))
         outputs.append(Output(RELEASED_VARIANTS, batch["file_id"], "org.gdx.ReleasedVariantBatch", value, release_id))
         self.store.add_released((dataset, t["participant"], release_id, t["consent_time"]) for t in terms)
         return outputs
