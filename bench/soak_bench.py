@@ -3,7 +3,9 @@
 Distinct 100-sample files (fresh positions, so nothing is deduplicated away) are dropped into the
 ingest service's drop box, a few ahead of it, while anonymize, consent_gate, index and publish run as
 processes; Beacon queries run alongside; ingested files are deleted from done/ as they land. Figures: the sustained rate (records the index completed per second),
-and per process the resident memory in the first and last quarter of the run and its slope.
+and per process the resident memory in the first and last quarter of the run, its peak, and its slope
+over the whole run and over the second half (a bounded cache filling up grows early, then levels off;
+a leak keeps its slope).
 `--quick` soaks for 45 seconds; GDX_SOAK_SECONDS sets another duration.
 """
 
@@ -121,8 +123,12 @@ def run(ctx: BenchContext) -> None:
             xs = [t for t, _ in points]
             ys = [v for _, v in points]
             slope = statistics.linear_regression(xs, ys).slope * 60
+            half = len(points) // 2  # a cache filling up to its bound grows early, then levels off
+            late = statistics.linear_regression(xs[half:], ys[half:]).slope * 60
             ctx.figure(f"soak: {name} RSS first quarter", first, "MB")
             ctx.figure(f"soak: {name} RSS last quarter", last, "MB", baseline=f"soak: {name} RSS first quarter")
             ctx.figure(f"soak: {name} RSS slope", slope, "MB/min")
+            ctx.figure(f"soak: {name} RSS slope, second half", late, "MB/min")
+            ctx.figure(f"soak: {name} RSS peak", max(ys), "MB")
     finally:
         pipe.stop()
