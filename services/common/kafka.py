@@ -112,7 +112,10 @@ def make_consumer(settings: Settings, group_id: str | None, client_id: str, **ov
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=settings.max_message_bytes + 64 * 1024,
-        fetch_max_bytes=max(52_428_800, settings.max_message_bytes * 2),
+        # what one fetch may bring: two of the largest events. A lagging consumer holds about this much
+        # fetched and not yet returned (kafka-python's default of 50 MB was 51 MB of the index's heap
+        # in the soak, where it trails ingest)
+        fetch_max_bytes=max(16 * 1024 * 1024, settings.max_message_bytes * 2),
         max_poll_records=50,
         max_poll_interval_ms=600_000,
         session_timeout_ms=10_000,

@@ -35,6 +35,27 @@ log = logging.getLogger(__name__)
 
 DEAD_LETTER_TOPIC = "gdx.ops.deadletters.v1"
 EXIT_TRANSIENT = 75
+# How often a service hands the memory malloc holds free back to the system (seconds).
+TRIM_INTERVAL_S = 60.0
+
+
+def trim_heap() -> None:
+    """Give the memory glibc's malloc holds free back to the system (malloc_trim): freed fetch
+    buffers and batch decodes otherwise stay in the process's RSS, which then says little about what
+    it uses. Does nothing where malloc is not glibc's."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim: Any = None
 
 
 @dataclass
@@ -207,6 +228,7 @@ class Runner:
         """Main loop. Returns the exit code; `max_idle_s` ends it after that long without input (tests)."""
         idle_since = time.monotonic()
         last_lag = 0.0
+        last_trim = time.monotonic()
         code = 0
         try:
             self.start()
@@ -229,6 +251,9 @@ class Runner:
                     self._update_lag()
                     self._watch_group()
                     last_lag = time.monotonic()
+                    if last_lag - last_trim > TRIM_INTERVAL_S:
+                        trim_heap()
+                        last_trim = last_lag
             self._handover()
         except _TransientExit as exc:
             log.error("giving up after transient errors; exiting for a restart", extra={"error": str(exc)})
