@@ -174,7 +174,9 @@ class Runner:
         `rejoin_timeout_s`. kafka-python 3.0 sometimes never finishes a join (SyncGroup sent, no
         assignment, heartbeats off, so the broker drops the member): the worker then polled forever
         with no partitions. A new consumer joins afresh; what the old one had is handed over as on any
-        revoke, and the handler's store says where to resume."""
+        revoke, and the handler's store says where to resume. Every gdx worker polls at least twice a
+        second, so a sound rebalance ends within seconds, and the broker drops a member stuck in a join
+        after the 10 s session timeout anyway: 20 s by default."""
         limit = self.settings.rejoin_timeout_s
         coordinator = getattr(self.consumer, "_coordinator", None)
         if not limit or coordinator is None:
@@ -247,9 +249,9 @@ class Runner:
                     idle_since = time.monotonic()
                 elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                     break
+                self._watch_group()
                 if time.monotonic() - last_lag > 5:
                     self._update_lag()
-                    self._watch_group()
                     last_lag = time.monotonic()
                     if last_lag - last_trim > TRIM_INTERVAL_S:
                         trim_heap()
