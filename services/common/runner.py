@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 DEAD_LETTER_TOPIC = "gdx.ops.deadletters.v1"
 EXIT_TRANSIENT = 75
+# Longest a consumer may stay mid-rebalance at all (waiting for slower members included) before the
+# worker starts over with a new one (seconds); the SyncGroup step has rejoin_timeout_s.
+REBALANCE_LIMIT_S = 300.0
 # How often a service hands the memory malloc holds free back to the system (seconds).
 TRIM_INTERVAL_S = 60.0
 
@@ -168,35 +171,40 @@ class Runner:
                 time.sleep(0.2)
         self.consumer.subscribe(self.inputs, listener=_Listener(self))
         self._unstable_since: float | None = None
+        self._syncing_since: float | None = None
+        self._stable_generation = -1
 
     def _watch_group(self) -> None:
-        """Start over with a new consumer when the group has been mid-rebalance for longer than
-        `rejoin_timeout_s`. kafka-python 3.0 sometimes never finishes a join (SyncGroup sent, no
-        assignment, heartbeats off, so the broker drops the member): the worker then polled forever
-        with no partitions. A new consumer joins afresh; what the old one had is handed over as on any
-        revoke, and the handler's store says where to resume. Every gdx worker polls at least twice a
-        second, so a sound rebalance ends within seconds, and the broker drops a member stuck in a join
-        after the 10 s session timeout anyway: 20 s by default."""
+        """Start over with a new consumer when a group join is stuck. kafka-python 3.0 sometimes never
+        finishes a join: the JoinGroup answer came (a new generation), the SyncGroup answer never
+        reaches the join, heartbeats stay off and the broker drops the member; the worker then polled
+        forever with no partitions. The SyncGroup step takes well under a second when sound (the
+        leader sends the assignment at once), so `rejoin_timeout_s` in it means stuck. Waiting in
+        JoinGroup for slower members is normal and only ends the consumer after REBALANCE_LIMIT_S.
+        A new consumer joins afresh; what the old one had is handed over as on any revoke, and the
+        handler's store says where to resume."""
         limit = self.settings.rejoin_timeout_s
         coordinator = getattr(self.consumer, "_coordinator", None)
         if not limit or coordinator is None:
             return
         state = getattr(getattr(coordinator, "state", None), "name", "")
+        generation = getattr(getattr(coordinator, "_generation", None), "generation_id", -1)
         if state == "STABLE" and not coordinator.rejoin_needed:
-            self._unstable_since = None
+            self._stable_generation = generation
+            self._unstable_since = self._syncing_since = None
             return
         now = time.monotonic()
+        join = getattr(coordinator, "_join_task", None)
+        in_sync = join is not None and not join.is_done and generation > self._stable_generation
+        self._syncing_since = (self._syncing_since or now) if in_sync else None
         if self._unstable_since is None:
             self._unstable_since = now
+        if not ((self._syncing_since is not None and now - self._syncing_since >= limit)
+                or now - self._unstable_since >= max(limit, REBALANCE_LIMIT_S)):
             return
-        if now - self._unstable_since < limit:
-            return
-        join = getattr(coordinator, "_join_task", None)
-        generation = getattr(coordinator, "_generation", None)
         log.warning("consumer group join not finished; starting over with a new consumer", extra={
             "group": self.group_id, "seconds": round(now - self._unstable_since), "member_state": state,
-            "generation": getattr(generation, "generation_id", None),
-            "join_in_flight": bool(join is not None and not join.is_done),
+            "generation": generation, "awaiting_sync_group": in_sync,
             "coordinator": getattr(coordinator, "coordinator_id", None)})
         self.metrics.rejoins.labels(self.service).inc()
         old = self.consumer

@@ -149,9 +149,10 @@ def test_a_service_refuses_to_start_naming_the_topics_that_are_missing(kafka: Ka
 
 
 def test_a_group_join_that_never_finishes_is_started_over_with_a_new_consumer(kafka: KafkaTestEnv) -> None:
-    """kafka-python 3.0 now and then never finishes a rebalance (seen: SyncGroup sent, no assignment,
-    the member dropped by the broker), and the worker polled on with no partitions. Injected here: the
-    consumer's next join never returns. The runner replaces the consumer and the stream goes on."""
+    """kafka-python 3.0 now and then never finishes a rebalance (seen: JoinGroup answered with a new
+    generation, the SyncGroup answer never reaching the join, the member dropped by the broker), and the
+    worker polled on with no partitions. Injected here: the consumer's next join takes a new generation
+    and never returns. The runner replaces the consumer and the stream goes on."""
     produce(kafka, [consent("p1", 1)])
     runner = make_runner(kafka.settings(metrics_port=0, rejoin_timeout_s=3))
     thread = threading.Thread(target=runner.run, daemon=True)
@@ -162,6 +163,10 @@ def test_a_group_join_that_never_finishes_is_started_over_with_a_new_consumer(ka
         coordinator = stuck._coordinator
 
         async def never_joins() -> None:
+            from kafka.coordinator.base import Generation
+
+            old = coordinator._generation
+            coordinator._generation = Generation(old.generation_id + 1, old.member_id, old.protocol)
             await coordinator._manager._net.sleep(3600)
 
         coordinator._do_join_and_sync_async = never_joins
