@@ -86,7 +86,6 @@ class IndexApp:
         self._ownership = threading.Lock()
         self._owned: set[tuple[str, int]] = set()
         self._to_drop: set[tuple[str, int]] = set()
-        self._dropping: set[tuple[str, int]] = set()
         self._settled = True
         # nothing is answered until the group says which partitions are this worker's
         handler.store.serving = frozenset()
@@ -121,9 +120,10 @@ class IndexApp:
     # -- partition ownership ----------------------------------------------------------------------
     # Each released batch (and clinical record) lives on one partition, and the worker assigned a
     # partition owns its data. The runner's rebalance listener calls on_revoke on the consumer's IO
-    # thread, so it only changes sets; on_assign runs in the runner's thread before the partitions
-    # are read, and tick() drops data there too. kafka-python's default assignors are eager: every member revokes everything before any
-    # member is assigned, so no two workers ever count one partition.
+    # thread, so it only changes sets; on_assign runs in the runner's thread before the partitions are
+    # read, as does tick(), which drops data (so the two never overlap). kafka-python's default
+    # assignors are eager: every member revokes everything before any member is assigned, so no two
+    # workers ever count one partition.
 
     def _key(self, tp: TopicPartition) -> tuple[str, int]:
         return self.topics.logical(tp.topic), tp.partition
@@ -153,8 +153,8 @@ class IndexApp:
             self._to_drop -= set(keys)
             self._settled = True
             for key, tp in keys.items():
-                if consumer is None or key in self._dropping:
-                    continue  # being dropped right now: tick() rewinds it when done
+                if consumer is None:
+                    continue
                 pos = positions.get(key)
                 if pos is None:
                     consumer.seek_to_beginning(tp)
@@ -171,7 +171,6 @@ class IndexApp:
             if not self._settled or not self._to_drop:
                 return
             victims, self._to_drop = self._to_drop - self._owned, set()
-            self._dropping = victims
         victims_left = set(victims)
         try:
             for topic, partition in sorted(victims):
@@ -184,20 +183,6 @@ class IndexApp:
                 self._to_drop |= victims_left  # tried again at the next tick
             raise TransientError(f"index store: dropping a partition failed: {exc}") from exc
         finally:
-            with self._ownership:
-                self._dropping = set()
-                regained = victims & self._owned
-            consumer = self.runner.consumer if self.runner is not None else None
-            if regained and consumer is not None:
-                # assigned again while being dropped (on_assign left its position to us): read it from
-                # the beginning if its data is gone, else from where the store stands
-                positions = self.handler.store.positions()
-                for topic, partition in regained:
-                    tp = TopicPartition(self.topics.name(topic), partition)
-                    if (topic, partition) in victims_left and (topic, partition) in positions:
-                        consumer.seek(tp, positions[(topic, partition)])
-                    else:
-                        consumer.seek_to_beginning(tp)
             self._size_dirty = True
 
     def tick(self) -> Iterable[Output]:
