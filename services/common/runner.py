@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from gdx.common.avro import SchemaCatalog
+from gdx.common.columns import COLUMNS
 from gdx.common.envelope import Envelope, new_envelope, stable_id
 from gdx.common.errors import PermanentError, TransientError
 from gdx.common.kafka import EventProducer, check_topics, make_consumer
@@ -535,11 +536,10 @@ class _Listener(AsyncConsumerRebalanceListener):
             return
         from kafka.structs import OffsetAndMetadata
 
-        with runner._rebalance_lock:
-            settled = runner._assigned - runner._unsettled  # one never taken on has nothing to hand over
         try:
             metadata = describe()
-            offsets = {tp: OffsetAndMetadata(pos, metadata, -1) for tp in settled
+            # a partition never taken on has nothing to hand over
+            offsets = {tp: OffsetAndMetadata(pos, metadata, -1) for tp in runner.assignment
                        if (pos := runner.position(tp)) is not None}
             if offsets:
                 # bounded: the group waits for this member's rejoin while it runs
@@ -568,7 +568,7 @@ class _Listener(AsyncConsumerRebalanceListener):
 
 def _record_count(value: dict[str, Any]) -> int:
     """Variant records in an event: its record dicts, or its columns' count."""
-    columns = value.get("columns")
+    columns = value.get(COLUMNS)
     if columns is not None:
         return int(columns.get("count") or 0)
     return len(value.get("records", ()) or ())
