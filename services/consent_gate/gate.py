@@ -67,9 +67,13 @@ def release_decision(state: ConsentState | None, today: date | None = None) -> G
 INT32_MISSING = -2147483648
 
 
+def _keeps_all(keep: Sequence[int], n_samples: int) -> bool:
+    return len(keep) == n_samples and list(keep) == list(range(n_samples))
+
+
 def slice_records(records: Sequence[dict[str, Any]], keep: Sequence[int], n_samples: int) -> list[dict[str, Any]]:
     """The records with per-sample arrays cut to the samples at indexes `keep` (in that order)."""
-    if len(keep) == n_samples and list(keep) == list(range(n_samples)):
+    if _keeps_all(keep, n_samples):
         return list(records)
     # A per-sample array is a (samples x width) byte matrix. Those of one field and width across the
     # batch are stacked and cut in one numpy call: a byte-wise Python pick cost ~7 us per 100 samples
@@ -94,7 +98,7 @@ def slice_columns(cols: dict[str, Any], keep: Sequence[int], n_samples: int) -> 
     """slice_records for a batch by column (org.gdx.VariantColumns): the per-sample columns cut to
     the samples at indexes `keep`. Where every record has the field at one width (the usual case) the
     whole column is one (records x samples x width) matrix cut in one numpy call."""
-    if len(keep) == n_samples and list(keep) == list(range(n_samples)):
+    if _keeps_all(keep, n_samples):
         return cols
     n = cols["count"]
     rows = np.asarray(keep, dtype=np.intp)
