@@ -348,8 +348,6 @@ class Runner:
         for out in outputs:
             futures.append((out.topic, self._send(out, None)))
         self._flush(futures)
-        if outputs:
-            self._save_state()
         return len(outputs)
 
     def _process_record(self, rec: Any, env: Envelope) -> list[Output]:
@@ -443,10 +441,12 @@ class Runner:
         return fut
 
     def _flush(self, futures: list[tuple[str, Any]]) -> None:
-        if not futures:
-            return
+        """Wait until every output is acknowledged, then save the handler's state (`handler.commit`),
+        also when there were no outputs: only then are offsets committed. State changed by a turn whose
+        outputs were not delivered is never saved; the handlers' close() discards it."""
         assert self.producer is not None
-        self.producer.flush()
+        if futures:
+            self.producer.flush()
         for topic, fut in futures:
             try:
                 fut.get(timeout=0)

@@ -178,5 +178,7 @@ class GateStore:
         self._cache.clear()
 
     def close(self) -> None:
-        self.db.commit()
+        """Changes not committed belong to a turn whose outputs were not delivered (the runner commits
+        after every acknowledged flush): they are dropped, and the restarted worker redoes that turn."""
+        self.db.rollback()
         self.db.close()

@@ -108,6 +108,54 @@ def test_persistent_transient_error_exits_non_zero_without_committing(kafka: Kaf
     assert code == 0 and [v["participant"] for _, v in kafka.decode_all(OUT)] == ["p1"]
 
 
+class StatefulEcho(EchoHandler):
+    """An echo handler with state of its own: what it saw, saved only when the runner says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+        self.saved: list[str] = []
+        self.closed = False
+
+    def handle(self, event):  # type: ignore[no-untyped-def]
+        self.seen.append(event.value["participant"])
+        return super().handle(event)
+
+    def commit(self) -> None:
+        self.saved = list(self.seen)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_state_of_a_turn_whose_outputs_the_broker_refused_is_not_saved(kafka: KafkaTestEnv):
+    """The output topic takes no event this large: the turn's outputs fail at the broker, the worker
+    exits for a restart, and the handler's state was never saved (consent_gate saved a grant whose
+    release was never delivered: the participant's held data stayed unreleased after the restart)."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    def limit(size: str) -> None:
+        admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        try:
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, kafka.topic(OUT), {"max.message.bytes": size})])
+        finally:
+            admin.close()
+
+    limit("64")
+    produce(kafka, [consent("p1", 1)])
+    handler = StatefulEcho()
+    code, _ = run_until_idle(kafka, handler)
+    assert code == 75
+    assert handler.seen == ["p1"] and handler.saved == [] and handler.closed
+    assert kafka.decode_all(OUT) == []
+    limit("1048588")
+    again = StatefulEcho()  # the restart redoes the turn
+    code, _ = run_until_idle(kafka, again)
+    assert code == 0 and again.saved == ["p1"]
+    assert [v["participant"] for _, v in kafka.decode_all(OUT)] == ["p1"]
+
+
 def test_killed_after_producing_before_committing_reprocesses_without_duplicate_effect(kafka: KafkaTestEnv):
     produce(kafka, [consent(f"p{i}", i) for i in range(5)])
     env = {**os.environ, **kafka.env, "GDX_ECHO_CRASH_BEFORE_COMMIT": "1", "GDX_ECHO_METRICS_PORT": "0",

@@ -230,3 +230,45 @@ def test_a_consent_batch_that_fails_half_way_is_applied_afresh_on_retry(tmp_path
     out = list(app.tick())  # the runner's retry
     assert released_samples(out) == [[P1, P2]]
     assert [a["action"] for a in of(out, AUDIT) if a["action"].startswith("consent")] == ["consent-granted"] * 2
+
+
+def test_a_grant_whose_release_was_never_delivered_is_applied_again_after_a_restart(tmp_path, log):
+    """The runner saves the store only after the turn's outputs are acknowledged; a worker that exits
+    before (the broker refused or lost them) must not keep the grant, or the held data is never released."""
+    from gdx.consent_gate.app import ConsentGateApp
+
+    class Reader:
+        topic = "gdx.pseudo.consent.v1"
+
+        def __init__(self, store: GateStore):
+            self.store = store
+
+        def poll(self, timeout_ms: int = 0) -> list[Any]:
+            if self.store.position(self.topic, 0) is not None:
+                return []
+            return [(consent(P1, "GRANTED", 10), 0, (0, 0))]
+
+        def save_positions(self, items: list[Any]) -> None:
+            for _, _, (partition, offset) in items:
+                self.store.set_position(self.topic, partition, offset + 1)
+
+        def lag_by_partition(self) -> dict[int, int]:
+            return {}
+
+        def close(self) -> None:
+            pass
+
+    def worker() -> ConsentGateApp:
+        store = GateStore(tmp_path / "g.sqlite")
+        app = ConsentGateApp(ConsentGateHandler(store, log.fetch), Reader(store))  # type: ignore[arg-type]
+        app.handler.owned = None
+        return app
+
+    first = worker()
+    first.handle(log.append(PSEUDO_VARIANTS, 0, variant_batch(FILE, 0, [P1])))
+    first.commit()  # the withheld batch was delivered (its audit event) and saved
+    assert released_samples(list(first.tick())) == [[P1]]
+    first.close()  # ... but this release never reached the broker: the runner exits without saving
+    second = worker()
+    assert second.handler.store.consent("ds-gate", P1) is None
+    assert released_samples(list(second.tick())) == [[P1]]
