@@ -23,13 +23,14 @@ from gdx.common.avro import SchemaCatalog
 from gdx.common.columns import COLUMNS
 from gdx.common.envelope import Envelope, new_envelope, stable_id
 from gdx.common.errors import PermanentError, TransientError
-from gdx.common.kafka import EventProducer, check_topics, make_consumer
+from gdx.common.kafka import EventProducer, check_topics, client_config, make_consumer
 from gdx.common.logs import correlation_id
 from gdx.common.metrics import HealthServer, Metrics, now_ms
 from gdx.common.service import ServiceSettings
 from gdx.common.topics import TopicCatalog
 from kafka import TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
+from kafka.structs import MemberState
 from kafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
@@ -174,23 +175,28 @@ class Runner:
         self._unstable_since: float | None = None
         self._syncing_since: float | None = None
         self._stable_generation = -1
+        self._group_checked = 0.0
 
     def _watch_group(self) -> None:
         """Start over with a new consumer when a group join is stuck. kafka-python 3.0 sometimes never
-        finishes a join: the JoinGroup answer came (a new generation), the SyncGroup answer never
-        reaches the join, heartbeats stay off and the broker drops the member; the worker then polled
-        forever with no partitions. The SyncGroup step takes well under a second when sound (the
-        leader sends the assignment at once), so `rejoin_timeout_s` in it means stuck. Waiting in
-        JoinGroup for slower members is normal and only ends the consumer after REBALANCE_LIMIT_S.
-        A new consumer joins afresh; what the old one had is handed over as on any revoke, and the
-        handler's store says where to resume."""
+        finishes a join: an answer from the broker never reaches the join task, heartbeats stay off, the
+        broker drops the member, and the worker polled on forever with no partitions. Seen: the JoinGroup
+        answer came (a new generation) and the SyncGroup answer never did; and joins that never saw the
+        JoinGroup answer (the consumer still in its old generation, the broker no longer knowing it).
+
+        Stuck is: in the SyncGroup step for `rejoin_timeout_s` (the leader sends the assignment at once
+        when sound); or joining that long while the broker says the group is not gathering members
+        (a legitimate JoinGroup wait is the group in PreparingRebalance, waiting for busy members;
+        asked at most once per `rejoin_timeout_s`); or any rebalance over REBALANCE_LIMIT_S. A new
+        consumer joins afresh; what the old one had is handed over as on any revoke, and the handler's
+        store says where to resume."""
         limit = self.settings.rejoin_timeout_s
         coordinator = getattr(self.consumer, "_coordinator", None)
         if not limit or coordinator is None:
             return
-        state = getattr(getattr(coordinator, "state", None), "name", "")
+        state = str(getattr(coordinator, "state", ""))  # kafka.structs.MemberState: '<stable>', ...
         generation = getattr(getattr(coordinator, "_generation", None), "generation_id", -1)
-        if state == "STABLE" and not coordinator.rejoin_needed:
+        if state == MemberState.STABLE and not coordinator.rejoin_needed:
             self._stable_generation = generation
             self._unstable_since = self._syncing_since = None
             return
@@ -200,12 +206,19 @@ class Runner:
         self._syncing_since = (self._syncing_since or now) if in_sync else None
         if self._unstable_since is None:
             self._unstable_since = now
-        if not ((self._syncing_since is not None and now - self._syncing_since >= limit)
-                or now - self._unstable_since >= max(limit, REBALANCE_LIMIT_S)):
-            return
+        stuck_in_sync = self._syncing_since is not None and now - self._syncing_since >= limit
+        too_long = now - self._unstable_since >= max(limit, REBALANCE_LIMIT_S)
+        group_state = None
+        if not (stuck_in_sync or too_long):
+            if now - self._unstable_since < limit or now - self._group_checked < limit:
+                return
+            self._group_checked = now
+            group_state = self._group_state()
+            if group_state in (None, "PreparingRebalance"):
+                return
         log.warning("consumer group join not finished; starting over with a new consumer", extra={
             "group": self.group_id, "seconds": round(now - self._unstable_since), "member_state": state,
-            "generation": generation, "awaiting_sync_group": in_sync,
+            "generation": generation, "awaiting_sync_group": in_sync, "group_state_at_broker": group_state,
             "coordinator": getattr(coordinator, "coordinator_id", None)})
         self.metrics.rejoins.labels(self.service).inc()
         old = self.consumer
@@ -218,6 +231,21 @@ class Runner:
         if left:
             _Listener(self)._revoked(left)
         self._subscribe()
+
+    def _group_state(self) -> str | None:
+        """The group's state as the broker describes it (None: no answer within a few seconds)."""
+        from kafka import KafkaAdminClient
+
+        try:
+            admin = KafkaAdminClient(**client_config(self.settings.kafka_bootstrap, self.settings),
+                                     client_id=f"gdx.{self.service}.watchdog", request_timeout_ms=5_000)
+            try:
+                return admin.describe_groups([self.group_id])[self.group_id].get("group_state")
+            finally:
+                admin.close()
+        except Exception as exc:  # noqa: BLE001 - no answer: the broker may be away, the join may be sound
+            log.debug("group state unknown", extra={"error": str(exc)})
+            return None
 
     @property
     def assignment(self) -> set[TopicPartition]:

@@ -22,8 +22,9 @@ class ServiceSettings(Settings):
     retry_backoff_s: float = dataclasses.field(default=0.5, metadata={"doc": "first retry delay, doubled each attempt"})
     poll_records: int = dataclasses.field(default=50, metadata={"doc": "events taken per poll"})
     rejoin_timeout_s: float = dataclasses.field(
-        default=20.0, metadata={"doc": "seconds a group join may wait for its assignment after the JoinGroup step"
-                                       " before the worker starts over with a new consumer (0: never)"})
+        default=20.0, metadata={"doc": "seconds a group join may go on (in its SyncGroup step, or while the broker's"
+                                       " group is not gathering members) before the worker starts over with a new"
+                                       " consumer (0: never)"})
     data_dir: Path | None = dataclasses.field(default=None, metadata={"doc": "state folder (default <run dir>/<service>)"})
     instance: str = dataclasses.field(default="1", metadata={"doc": "worker instance name (several workers of a service)"})
     crash_before_commit: int = dataclasses.field(

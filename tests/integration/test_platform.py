@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -196,11 +197,18 @@ def test_a_service_refuses_to_start_naming_the_topics_that_are_missing(kafka: Ka
         check_topics(kafka.settings(), [kafka.topic(IN), missing])
 
 
-def test_a_group_join_that_never_finishes_is_started_over_with_a_new_consumer(kafka: KafkaTestEnv) -> None:
-    """kafka-python 3.0 now and then never finishes a rebalance (seen: JoinGroup answered with a new
-    generation, the SyncGroup answer never reaching the join, the member dropped by the broker), and the
-    worker polled on with no partitions. Injected here: the consumer's next join takes a new generation
-    and never returns. The runner replaces the consumer and the stream goes on."""
+@pytest.mark.parametrize("lost", ["SyncGroup", "JoinGroup"])
+def test_a_group_join_that_never_finishes_is_started_over_with_a_new_consumer(kafka: KafkaTestEnv, lost: str,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """kafka-python 3.0 now and then never finishes a rebalance: an answer of the broker never reaches
+    the join, the member is dropped by the broker, and the worker polled on with no partitions. Seen:
+    JoinGroup answered with a new generation and the SyncGroup answer lost; and joins left in the old
+    generation (the JoinGroup answer lost) while the broker's group went on without the member.
+    Injected here: the consumer's next join never returns, after a new generation (SyncGroup) or in the
+    old one (JoinGroup). The runner replaces the consumer and the stream goes on."""
+    import gdx.common.runner
+
+    monkeypatch.setattr(gdx.common.runner, "REBALANCE_LIMIT_S", 4.0)
     produce(kafka, [consent("p1", 1)])
     runner = make_runner(kafka.settings(metrics_port=0, rejoin_timeout_s=3))
     thread = threading.Thread(target=runner.run, daemon=True)
@@ -208,13 +216,17 @@ def test_a_group_join_that_never_finishes_is_started_over_with_a_new_consumer(ka
     try:
         wait_for(lambda: kafka.decode_all(OUT), 60, what="the first event echoed")
         stuck = runner.consumer
+        time.sleep(6)  # a sound member in a stable group is left alone past both limits
+        assert runner.consumer is stuck
+        assert runner.metrics.registry.get_sample_value("gdx_consumer_rejoins_total", {"service": "echo"}) in (None, 0)
         coordinator = stuck._coordinator
 
         async def never_joins() -> None:
             from kafka.coordinator.base import Generation
 
             old = coordinator._generation
-            coordinator._generation = Generation(old.generation_id + 1, old.member_id, old.protocol)
+            if lost == "SyncGroup":
+                coordinator._generation = Generation(old.generation_id + 1, old.member_id, old.protocol)
             await coordinator._manager._net.sleep(3600)
 
         coordinator._do_join_and_sync_async = never_joins
