@@ -71,6 +71,8 @@ class BenchContext:
         shown = f"  {self.suite:10s} {name:52s} {_fmt(value):>12s} {unit}"
         if ratio is not None:
             shown += f"   ({ratio:.2f}x {baseline})"
+        if note:
+            shown += f"   [{note}]"
         print(shown, flush=True)
         return fig
 
@@ -212,10 +214,10 @@ def write_report(figures: list[Figure], out: Path, meta: dict[str, Any]) -> list
     lines = [f"# gdx benchmark {meta['started']}", "",
              f"{meta['machine']['cpus']} CPUs, Python {meta['machine']['python']}, Kafka at {meta['bootstrap']}"
              f"{' (quick run)' if meta['quick'] else ''}", "",
-             "| suite | figure | value | unit | baseline | ratio |", "|---|---|---:|---|---|---:|"]
+             "| suite | figure | value | unit | baseline | ratio | note |", "|---|---|---:|---|---|---:|---|"]
     for f in figures:
         ratio = f"{f.ratio:.2f}x" if f.ratio is not None else ""
-        lines.append(f"| {f.suite} | {f.name} | {_fmt(f.value)} | {f.unit} | {f.baseline or ''} | {ratio} |")
+        lines.append(f"| {f.suite} | {f.name} | {_fmt(f.value)} | {f.unit} | {f.baseline or ''} | {ratio} | {f.note} |")
     md.write_text("\n".join(lines) + "\n")
     written = [js, md]
     png = plot_throughput(figures, out / f"bench-{stamp}.png")

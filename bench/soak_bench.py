@@ -129,6 +129,14 @@ def run(ctx: BenchContext) -> None:
             ctx.figure(f"soak: {name} RSS last quarter", last, "MB", baseline=f"soak: {name} RSS first quarter")
             ctx.figure(f"soak: {name} RSS slope", slope, "MB/min")
             ctx.figure(f"soak: {name} RSS slope, second half", late, "MB/min")
-            ctx.figure(f"soak: {name} RSS peak", max(ys), "MB")
+            ctx.figure(f"soak: {name} RSS peak", max(ys), "MB", note="per minute: " + by_minute(points))
     finally:
         pipe.stop()
+
+
+def by_minute(points: list[tuple[float, float]]) -> str:
+    """Mean RSS in each minute of the run ("122 180 231 ..."): where a curve levels off."""
+    minutes: dict[int, list[float]] = {}
+    for t, v in points:
+        minutes.setdefault(int(t // 60), []).append(v)
+    return " ".join(f"{statistics.fmean(vs):.0f}" for _, vs in sorted(minutes.items()))

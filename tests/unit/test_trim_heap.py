@@ -1,7 +1,9 @@
-"""Services hand memory malloc holds free back to the system, so their RSS says what they use."""
+"""Services hand memory malloc holds free back to the system, so their RSS says what they use: malloc_trim
+every minute, and large buffers mapped on their own (`gdx serve` tunes malloc)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +31,36 @@ def test_freed_memory_leaves_the_process_after_trim_heap():
     done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True)
     before, after = map(int, done.stdout.split())
     assert before - after > 150, f"RSS {before} MB before trim_heap, {after} MB after: freed memory was kept"
+
+
+TUNED = """
+import sys
+from gdx.cli import _tune_malloc
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) // 1024
+if sys.argv[1] == "tuned":
+    _tune_malloc()
+block = bytearray(8 << 20)  # one large block freed: glibc raises its mmap threshold past 2 MiB
+del block
+keep, buffers = [], []
+for _ in range(150):
+    buffers.append(bytearray(2 << 20))  # fetch-response-sized buffers ...
+    keep.append(bytearray(4096))  # ... with long-lived small objects between them
+del buffers
+print(rss())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists() or sys.platform != "linux", reason="glibc on Linux only")
+def test_large_buffers_go_back_to_the_system_when_freed_in_a_service_process():
+    def rss_after(mode: str) -> int:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        done = subprocess.run([sys.executable, "-c", TUNED, mode], capture_output=True, text=True, timeout=60,
+                              check=True, env=env)
+        return int(done.stdout)
+
+    plain, tuned = rss_after("plain"), rss_after("tuned")
+    assert plain > 250, f"glibc kept only {plain} MB: the probe no longer shows what the tuning is for"
+    assert tuned < 100, f"RSS {tuned} MB after freeing 300 MB of buffers in a tuned process"
