@@ -126,9 +126,10 @@ def make_consumer(settings: Settings, group_id: str | None, client_id: str, **ov
     return KafkaConsumer(**client_config(settings.kafka_bootstrap, settings), **config)
 
 
-def make_admin(settings: Settings, client_id: str = "gdx-admin") -> KafkaAdminClient:
-    return KafkaAdminClient(**client_config(settings.kafka_bootstrap, settings), client_id=client_id,
-                            request_timeout_ms=30_000)
+def make_admin(settings: Settings, client_id: str = "gdx-admin", **overrides: Any) -> KafkaAdminClient:
+    config: dict[str, Any] = dict(client_id=client_id, request_timeout_ms=30_000)
+    config.update(overrides)
+    return KafkaAdminClient(**client_config(settings.kafka_bootstrap, settings), **config)
 
 
 def _has_lz4() -> bool:

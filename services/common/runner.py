@@ -23,22 +23,22 @@ from gdx.common.avro import SchemaCatalog
 from gdx.common.columns import COLUMNS
 from gdx.common.envelope import Envelope, new_envelope, stable_id
 from gdx.common.errors import PermanentError, TransientError
-from gdx.common.kafka import EventProducer, check_topics, client_config, make_consumer
+from gdx.common.kafka import EventProducer, check_topics, make_admin, make_consumer
 from gdx.common.logs import correlation_id
 from gdx.common.metrics import HealthServer, Metrics, now_ms
 from gdx.common.service import ServiceSettings
 from gdx.common.topics import TopicCatalog
 from kafka import TopicPartition
 from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
-from kafka.structs import MemberState
 from kafka.errors import KafkaError
+from kafka.structs import MemberState
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_TOPIC = "gdx.ops.deadletters.v1"
 EXIT_TRANSIENT = 75
 # Longest a consumer may stay mid-rebalance at all (waiting for slower members included) before the
-# worker starts over with a new one (seconds); the SyncGroup step has rejoin_timeout_s.
+# worker starts over with a new one (seconds); shorter limits: rejoin_timeout_s (see _watch_group).
 REBALANCE_LIMIT_S = 300.0
 # How often a service hands the memory malloc holds free back to the system (seconds).
 TRIM_INTERVAL_S = 60.0
@@ -234,11 +234,8 @@ class Runner:
 
     def _group_state(self) -> str | None:
         """The group's state as the broker describes it (None: no answer within a few seconds)."""
-        from kafka import KafkaAdminClient
-
         try:
-            admin = KafkaAdminClient(**client_config(self.settings.kafka_bootstrap, self.settings),
-                                     client_id=f"gdx.{self.service}.watchdog", request_timeout_ms=5_000)
+            admin = make_admin(self.settings, f"gdx.{self.service}.watchdog", request_timeout_ms=5_000)
             try:
                 return admin.describe_groups([self.group_id])[self.group_id].get("group_state")
             finally:
