@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 
-PROBE = """
+RSS = """
 import sys
-from gdx.common.runner import trim_heap
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS"):
             return int(line.split()[1]) // 1024
+"""
+
+PROBE = RSS + """
+from gdx.common.runner import trim_heap
 junk = [bytes(4000) + bytes([i % 256]) for i in range(60_000)]  # malloc'd (not pymalloc) blocks
 keep = junk[::500]  # a few stay alive, scattered, so the heap cannot simply shrink from its top
 del junk
@@ -33,13 +36,8 @@ def test_freed_memory_leaves_the_process_after_trim_heap():
     assert before - after > 150, f"RSS {before} MB before trim_heap, {after} MB after: freed memory was kept"
 
 
-TUNED = """
-import sys
+TUNED = RSS + """
 from gdx.cli import _tune_malloc
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) // 1024
 if sys.argv[1] == "tuned":
     _tune_malloc()
 block = bytearray(8 << 20)  # one large block freed: glibc raises its mmap threshold past 2 MiB
