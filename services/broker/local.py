@@ -294,6 +294,16 @@ class KafkaCluster:
         for node in reversed(self.nodes):
             self.stop_node(node, kill=kill)
 
+    def diagnostics(self, lines: int = 15) -> str:
+        """Each node's state and the end of its logs: what a failed test prints before the cluster goes."""
+        out = []
+        for node in self.nodes:
+            state = f"running (pid {node.pid()})" if node.pid() is not None else "not running"
+            out.append(f"--- node {node.node_id} on port {node.port} (controller {node.controller_port}): {state}\n"
+                       + _tail(node.home / "logs" / "stdout.log", lines)
+                       + _tail(node.home / "logs" / "server.log", lines))
+        return "".join(out)
+
     def running(self) -> bool:
         return all(n.pid() is not None for n in self.nodes)
 

@@ -23,6 +23,9 @@ def test_pipeline_on_three_brokers_loses_nothing_when_one_is_killed_mid_stream(t
     cluster.start(timeout=240)
     try:
         run_on_cluster(cluster, tmp_path)
+    except BaseException:
+        print(cluster.diagnostics())  # pytest shows it beside the failure; destroy() removes the logs
+        raise
     finally:
         cluster.destroy()
 
