@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from gdx.common.metrics import now_ms
 
@@ -29,14 +29,15 @@ class Envelope:
     attempt: int = 0
     created_ms: int = 0
 
-    def headers(self) -> list[tuple[str, bytes]]:
+    def headers(self, schema: str | None = None, fingerprint: str | None = None) -> list[tuple[str, bytes]]:
+        """The Kafka headers; `schema` and `fingerprint` are the encoded value's, when given."""
         return [
             (HEADER_EVENT_ID, self.event_id.encode()),
             (HEADER_CORRELATION_ID, self.correlation_id.encode()),
             (HEADER_CAUSATION_ID, self.causation_id.encode()),
             (HEADER_PRODUCER, self.producer.encode()),
-            (HEADER_SCHEMA, self.schema.encode()),
-            (HEADER_FINGERPRINT, self.fingerprint.encode()),
+            (HEADER_SCHEMA, (self.schema if schema is None else schema).encode()),
+            (HEADER_FINGERPRINT, (self.fingerprint if fingerprint is None else fingerprint).encode()),
             (HEADER_ATTEMPT, str(self.attempt).encode()),
             (HEADER_CREATED, str(self.created_ms).encode()),
         ]
@@ -57,7 +58,9 @@ class Envelope:
 
     def child(self, event_id: str, producer: str) -> Envelope:
         """Envelope of an output caused by this event: same correlation, this event as the cause."""
-        return replace(self, event_id=event_id, causation_id=self.event_id, producer=producer, attempt=0)
+        # built directly: dataclasses.replace cost 10 us, on the path of every output
+        return Envelope(event_id, self.correlation_id, self.event_id, producer, self.schema, self.fingerprint, 0,
+                        self.created_ms)
 
 
 def stable_id(*parts: object) -> str:
