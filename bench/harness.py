@@ -176,6 +176,12 @@ def rss_mb(pid: int) -> float:
     return _status_mb(pid, "VmRSS:")
 
 
+def anon_mb(pid: int) -> float:
+    """The private anonymous part of the RSS (heap, stacks): where a leak shows. The rest of the RSS is
+    file-backed (libraries, mapped files), pages the kernel drops again under pressure."""
+    return _status_mb(pid, "RssAnon:")
+
+
 def _status_mb(pid: int, key: str) -> float:
     """A kB line of /proc/<pid>/status (VmRSS:, VmHWM:) in MB; 0 when the process is gone."""
     try:

@@ -5,7 +5,8 @@ ingest service's drop box, a few ahead of it, while anonymize, consent_gate, ind
 processes; Beacon queries run alongside; ingested files are deleted from done/ as they land. Figures: the sustained rate (records the index completed per second),
 and per process the resident memory in the first and last quarter of the run, its peak, and its slope
 over the whole run and over the second half (a bounded cache filling up grows early, then levels off;
-a leak keeps its slope).
+a leak keeps its slope); the second-half slope of the anonymous part alone (heap and stacks, where a
+leak shows) beside it, since library and file pages touched late also count in the RSS.
 `--quick` soaks for 45 seconds; GDX_SOAK_SECONDS sets another duration.
 """
 
@@ -20,7 +21,7 @@ import urllib.parse
 from pathlib import Path
 
 from bench.e2e_bench import CENTER, DATASET, Pipeline, file_id, get_json, write_vcf
-from bench.harness import BenchContext, rss_mb
+from bench.harness import BenchContext, anon_mb, rss_mb
 
 
 class FileMaker:
@@ -67,6 +68,7 @@ def run(ctx: BenchContext) -> None:
         pipe.consent_all(samples)
         procs = {s: p.pid for s, p in pipe.procs.items()}
         samples_mb: dict[str, list[tuple[float, float]]] = {name: [] for name in procs}
+        anon_samples_mb: dict[str, list[tuple[float, float]]] = {name: [] for name in procs}
         stop = threading.Event()
         done_ids: list[str] = []
 
@@ -107,6 +109,7 @@ def run(ctx: BenchContext) -> None:
                 rss = rss_mb(pid)
                 if rss:
                     samples_mb[name].append((now, rss))
+                    anon_samples_mb[name].append((now, anon_mb(pid)))
             time.sleep(2)
         stop.set()
         complete = {f["file_id"] for f in get_json(pipe.index + "/completeness") if f["complete"]}
@@ -130,6 +133,10 @@ def run(ctx: BenchContext) -> None:
             ctx.figure(f"soak: {name} RSS slope", slope, "MB/min")
             ctx.figure(f"soak: {name} RSS slope, second half", late, "MB/min")
             ctx.figure(f"soak: {name} RSS peak", max(ys), "MB", note="per minute: " + by_minute(points))
+            anon = anon_samples_mb[name]
+            late_anon = statistics.linear_regression([t for t, _ in anon[half:]], [v for _, v in anon[half:]]).slope
+            ctx.figure(f"soak: {name} anonymous RSS slope, second half", late_anon * 60, "MB/min",
+                       note="per minute: " + by_minute(anon))
     finally:
         pipe.stop()
 
