@@ -123,22 +123,25 @@ def run(ctx: BenchContext) -> None:
             q = len(points) // 4
             first = statistics.fmean(v for _, v in points[:q])
             last = statistics.fmean(v for _, v in points[-q:])
-            xs = [t for t, _ in points]
             ys = [v for _, v in points]
-            slope = statistics.linear_regression(xs, ys).slope * 60
+            slope = slope_per_min(points)
             half = len(points) // 2  # a cache filling up to its bound grows early, then levels off
-            late = statistics.linear_regression(xs[half:], ys[half:]).slope * 60
+            late = slope_per_min(points[half:])
             ctx.figure(f"soak: {name} RSS first quarter", first, "MB")
             ctx.figure(f"soak: {name} RSS last quarter", last, "MB", baseline=f"soak: {name} RSS first quarter")
             ctx.figure(f"soak: {name} RSS slope", slope, "MB/min")
             ctx.figure(f"soak: {name} RSS slope, second half", late, "MB/min")
             ctx.figure(f"soak: {name} RSS peak", max(ys), "MB", note="per minute: " + by_minute(points))
             anon = anon_samples_mb[name]
-            late_anon = statistics.linear_regression([t for t, _ in anon[half:]], [v for _, v in anon[half:]]).slope
-            ctx.figure(f"soak: {name} anonymous RSS slope, second half", late_anon * 60, "MB/min",
+            ctx.figure(f"soak: {name} anonymous RSS slope, second half", slope_per_min(anon[half:]), "MB/min",
                        note="per minute: " + by_minute(anon))
     finally:
         pipe.stop()
+
+
+def slope_per_min(points: list[tuple[float, float]]) -> float:
+    """The least-squares slope of (seconds, MB) samples, in MB per minute."""
+    return statistics.linear_regression([t for t, _ in points], [v for _, v in points]).slope * 60
 
 
 def by_minute(points: list[tuple[float, float]]) -> str:
