@@ -363,7 +363,7 @@ def test_any_genotype_text_packs_as_pysam_reads_it(tmp_path: Path, rows: list[tu
 def _sample_column(n_alts: int) -> st.SearchStrategy[str]:
     allele = st.one_of(st.just("."), st.integers(0, n_alts).map(str))
     call = st.one_of(allele, st.tuples(allele, st.sampled_from("/|"), allele).map("".join))
-    # large values too: the run parser's range check sends those past int32 to the per-record parser
+    # nine- and ten-digit values up to int32's limit too: the run parser must keep them exact
     value = st.one_of(st.just("."), st.integers(0, 3000).map(str), st.integers(10**8, 2**31 - 2).map(str))
     ad = st.one_of(st.just("."), st.lists(value, min_size=n_alts + 1, max_size=n_alts + 1).map(",".join))
     return st.tuples(call, ad, value, value).map(":".join)
@@ -385,4 +385,3 @@ def test_any_gt_ad_dp_gq_columns_pack_as_pysam_reads_them(tmp_path: Path, rows: 
                     "##FORMAT=<ID=GQ,Number=1,Type=Integer,Description=\"q\">\n"
                     "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\tFORMAT\ts1\ts2\ts3\n" + "".join(lines))
     assert assert_same_as_pysam(path) == len(rows)
-

@@ -1,5 +1,6 @@
-"""The producers' partitioner: a keyed event lands where kafka-python's default partitioner (and the Java
-client) puts it, so a participant's events share a partition whichever gdx process wrote them."""
+"""What every produced event goes through: the partitioner (a keyed event lands where kafka-python's default
+partitioner and the Java client put it, so a participant's events share a partition whichever gdx process
+wrote them) and the envelope headers of an output."""
 
 from __future__ import annotations
 
