@@ -120,7 +120,7 @@ def make_producer(settings: Settings, client_id: str, **overrides: Any) -> Kafka
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
-        compression_type="lz4" if _has_lz4() else "gzip",
+        compression_type=compression(settings),
         max_request_size=settings.max_message_bytes + 64 * 1024,
         batch_size=256 * 1024,
         retries=2**31 - 1,
@@ -157,6 +157,16 @@ def make_admin(settings: Settings, client_id: str = "gdx-admin", **overrides: An
     config: dict[str, Any] = dict(client_id=client_id, request_timeout_ms=30_000)
     config.update(overrides)
     return KafkaAdminClient(**client_config(settings.kafka_bootstrap, settings), **config)
+
+
+def compression(settings: Settings) -> str | None:
+    """kafka-python's compression_type for GDX_KAFKA_COMPRESSION (lz4 falls back to gzip where the lz4
+    package is missing)."""
+    if settings.kafka_compression == "none":
+        return None
+    if settings.kafka_compression == "lz4" and not _has_lz4():
+        return "gzip"
+    return settings.kafka_compression
 
 
 def _has_lz4() -> bool:

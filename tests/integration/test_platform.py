@@ -14,8 +14,8 @@ from gdx.common.avro import SchemaCatalog
 from gdx.common.envelope import new_envelope
 from gdx.common.errors import ConfigurationError
 from gdx.common.examples import load_example
-from gdx.common.kafka import EventProducer, check_topics, client_config, read_schema_topic
-from gdx.common.settings import REPO_ROOT
+from gdx.common.kafka import EventProducer, check_topics, client_config, compression, read_schema_topic
+from gdx.common.settings import COMPRESSIONS, REPO_ROOT, SettingsError
 from kafka import KafkaProducer
 
 from tests.integration.echo_service import IN, OUT, EchoHandler, make_runner
@@ -49,9 +49,12 @@ def run_until_idle(kafka: KafkaTestEnv, handler: EchoHandler | None = None, idle
     return result["code"], runner
 
 
-def test_every_schema_round_trips_through_the_broker_and_decodes_from_gdx_schemas_alone(kafka: KafkaTestEnv):
+@pytest.mark.parametrize("codec", COMPRESSIONS)
+def test_every_schema_round_trips_through_the_broker_and_decodes_from_gdx_schemas_alone(kafka: KafkaTestEnv,
+                                                                                       codec: str):
     catalog = SchemaCatalog.load(SCHEMAS)
-    producer = EventProducer(kafka.settings(), catalog, kafka.topics, "test")
+    producer = EventProducer(kafka.settings(kafka_compression=codec), catalog, kafka.topics, "test")
+    assert producer.producer.config["compression_type"] == (None if codec == "none" else codec)
     sent = {}
     for spec in kafka.topics.specs:
         for name in spec.values:
@@ -188,6 +191,10 @@ def test_settings_for_a_service_with_its_own_prefix():
     assert s.max_retries == 7 and s.kafka_bootstrap == "h:1"
     assert isinstance(KafkaProducer, type) and client_config("a:1,b:2")["bootstrap_servers"] == ["a:1", "b:2"]
     assert Path(s.schema_dir).is_dir()
+    assert s.kafka_compression == "lz4" and compression(s) == "lz4"
+    assert compression(EchoSettings.from_env({"GDX_KAFKA_COMPRESSION": "none"})) is None
+    with pytest.raises(SettingsError, match="GDX_KAFKA_COMPRESSION: expected one of lz4, gzip, none, got 'zip'"):
+        EchoSettings.from_env({"GDX_KAFKA_COMPRESSION": "zip"})
 
 
 def test_a_service_refuses_to_start_naming_the_topics_that_are_missing(kafka: KafkaTestEnv) -> None:
