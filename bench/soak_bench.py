@@ -1,13 +1,19 @@
-"""Soak: ten minutes of ingest as fast as the pipeline takes it, every process's memory sampled.
+"""Soak: ten minutes of ingest at the highest rate the whole pipeline sustains, every process's memory sampled.
 
 Distinct 100-sample files (fresh positions, so nothing is deduplicated away) are dropped into the
-ingest service's drop box, a few ahead of it, while anonymize, consent_gate, index and publish run as
-processes; Beacon queries run alongside; ingested files are deleted from done/ as they land. Figures: the sustained rate (records the index completed per second),
-and per process the resident memory in the first and last quarter of the run, its peak, and its slope
+ingest service's drop box while anonymize, consent_gate, index and publish run as processes; Beacon
+queries run alongside; ingested files are deleted from done/ as they land. The feed is paced by the
+end of the pipeline, not its start: a new file is dropped only while fewer than `AHEAD` files are
+dropped and not yet complete in the index. Dropping files as fast as ingest reads them would run the
+first stage faster than the last, the backlog of the slower consumers would grow for the whole run,
+and their fetch buffers with it: memory that grows with a backlog is not a leak, and a rate that
+builds a backlog is not sustainable. Every consumer group's lag is sampled too, to show it stays
+bounded. Figures: the sustained rate (records the index completed per second), the largest lag of
+each group, and per process the resident memory in the first and last quarter of the run, its peak, and its slope
 over the whole run and over the second half (a bounded cache filling up grows early, then levels off;
 a leak keeps its slope); the second-half slope of the anonymous part alone (heap and stacks, where a
 leak shows) beside it, since library and file pages touched late also count in the RSS.
-`--quick` soaks for 45 seconds; GDX_SOAK_SECONDS sets another duration.
+`--quick` soaks for 45 seconds; GDX_SOAK_SECONDS sets another duration, GDX_SOAK_AHEAD another AHEAD.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from pathlib import Path
 
 from bench.e2e_bench import CENTER, DATASET, Pipeline, file_id, get_json, write_vcf
 from bench.harness import BenchContext, anon_mb, rss_mb
+
+AHEAD = int(os.environ.get("GDX_SOAK_AHEAD", 8))  # files (2,000 records each) dropped, not yet complete in the index
 
 
 class FileMaker:
@@ -71,23 +79,35 @@ def run(ctx: BenchContext) -> None:
         anon_samples_mb: dict[str, list[tuple[float, float]]] = {name: [] for name in procs}
         stop = threading.Event()
         done_ids: list[str] = []
+        in_flight: dict[str, str] = {}  # file id -> file name, dropped and not yet complete in the index
+        rejected = [0]
 
         def feed() -> None:
-            """Keep three files waiting in the drop box; delete what has been ingested."""
+            """Keep AHEAD files between the drop box and the index; delete what has been ingested."""
             while not stop.is_set():
-                waiting = [p for p in box.iterdir() if p.is_file()]
-                for _ in range(3 - len(waiting)):
+                if in_flight:
+                    try:
+                        for f in get_json(pipe.index + "/completeness"):
+                            if f["complete"]:
+                                in_flight.pop(f["file_id"], None)
+                    except OSError:
+                        pass
+                for _ in range(AHEAD - len(in_flight)):
                     path = maker.write(staging)
                     done_ids.append(file_id(path))
+                    in_flight[done_ids[-1]] = path.name
                     path.rename(box / path.name)
                 for sub in ("done", "rejected"):
                     for p in (box / sub).glob("*") if (box / sub).exists() else ():
+                        if sub == "rejected":  # never completes: stop waiting for it, and say so
+                            rejected[0] += 1
+                            for fid in [k for k, name in in_flight.items() if name == p.name]:
+                                del in_flight[fid]
                         p.unlink()
-                time.sleep(0.1)
+                time.sleep(0.25)
 
         threading.Thread(target=feed, daemon=True).start()
         queries = [0]
-        stop = threading.Event()
 
         def query_load() -> None:
             rng = random.Random(3)
@@ -102,7 +122,9 @@ def run(ctx: BenchContext) -> None:
                 time.sleep(0.2)
 
         threading.Thread(target=query_load, daemon=True).start()
+        lags: dict[str, list[tuple[float, float]]] = {}
         t0 = time.monotonic()
+        last_lag = -60.0
         while time.monotonic() - t0 < seconds:
             now = time.monotonic() - t0
             for name, pid in procs.items():
@@ -110,6 +132,10 @@ def run(ctx: BenchContext) -> None:
                 if rss:
                     samples_mb[name].append((now, rss))
                     anon_samples_mb[name].append((now, anon_mb(pid)))
+            if now - last_lag >= 10:
+                last_lag = now
+                for group, lag in group_lags(pipe).items():
+                    lags.setdefault(group, []).append((now, lag))
             time.sleep(2)
         stop.set()
         complete = {f["file_id"] for f in get_json(pipe.index + "/completeness") if f["complete"]}
@@ -117,6 +143,10 @@ def run(ctx: BenchContext) -> None:
         ctx.figure("soak: duration", seconds, "s")
         ctx.figure("soak: sustained rate (records completed in the index)", done * per_file / seconds, "variants/s")
         ctx.figure("soak: Beacon queries answered alongside", queries[0], "queries")
+        ctx.figure("soak: files rejected by ingest", rejected[0], "files")
+        for group, points in sorted(lags.items()):
+            ctx.figure(f"soak: {group} consumer lag, largest", max(v for _, v in points), "events",
+                       note="per minute: " + by_minute(points))
         for name, points in samples_mb.items():
             if len(points) < 8:
                 continue
@@ -137,6 +167,18 @@ def run(ctx: BenchContext) -> None:
                        note="per minute: " + by_minute(anon))
     finally:
         pipe.stop()
+
+
+def group_lags(pipe: Pipeline) -> dict[str, float]:
+    """Each pipeline consumer group's lag (events not yet committed, all its input topics); {} when the
+    broker does not answer in time (a sample is skipped, the soak goes on)."""
+    from gdx.common.settings import Settings
+    from gdx.ops_commands import group_lag
+
+    try:
+        return {group: float(sum(per_topic.values())) for group, per_topic in group_lag(Settings.from_env(pipe.env)).items()}
+    except Exception:  # noqa: BLE001 - a figure, not the run
+        return {}
 
 
 def slope_per_min(points: list[tuple[float, float]]) -> float:
