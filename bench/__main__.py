@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             cluster.start(timeout=180)
             bootstrap = cluster.bootstrap
         ctx = BenchContext(bootstrap, work, args.quick, shared if shared.is_dir() else None)
+        if cluster is not None:
+            ctx.broker_pid = cluster.nodes[0].pid()
         failed = []
         try:
             for name in chosen:

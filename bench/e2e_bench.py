@@ -5,8 +5,11 @@ Figures, each beside baselines from the same run:
   2504-sample 1000 Genomes file, against a bare pysam loop reading every genotype, `bcftools view`
   and a bare kafka-python produce + consume of the same bytes the pipeline carried;
 - CPU seconds and peak memory of every service per file;
+- the relay floor (bench/relay.py): the raw topic's messages moved through the pipeline's topology
+  by processes that do nothing else, the fastest any end-to-end run here can be;
 - the peer: `bff-tools vcf --no-annotate` (beacon2-cbi-tools, a Beacon operator's VCF conversion)
-  on the annotated clinical trio, beside gdx end to end on the same file.
+  on the annotated clinical trio and on the 2504-sample file made acceptable to it, beside gdx end
+  to end on the same files.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench import relay
 from bench.harness import BenchContext, cpu_seconds, percentile, rss_mb, run_measured
 
 SERVICES = ("anonymize", "consent_gate", "index", "publish")
@@ -196,14 +200,13 @@ def bcftools_view(path: Path) -> float | None:
     return time.perf_counter() - t0
 
 
-def bare_kafka(pipe: Pipeline) -> tuple[int, int, float]:
+def bare_kafka(pipe: Pipeline, records: list[Any]) -> tuple[int, int, float]:
     """Produce the raw variant topic's exact bytes to a fresh topic and consume them back with
     kafka-python (same producer settings as gdx: acks=all, lz4): messages, bytes, seconds."""
     from gdx.common.kafka import client_config
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    records = pipe.kafka.read_all("gdx.raw.variants.v1", timeout=300)
     values = [(r.key, r.value) for r in records]
     topic = pipe.kafka.prefix + "bench.bare.v1"
     admin = KafkaAdminClient(**client_config(pipe.kafka.bootstrap))
@@ -230,19 +233,26 @@ def bare_kafka(pipe: Pipeline) -> tuple[int, int, float]:
 
 
 # -- throughput ------------------------------------------------------------------------------------
-def throughput(ctx: BenchContext, path: Path, label: str, records_hint: int, timeout: float) -> None:
+def throughput(ctx: BenchContext, path: Path, label: str, records_hint: int, timeout: float,
+               compression: str = "lz4") -> None:
+    """`compression`: GDX_KAFKA_COMPRESSION of the services, the ingest CLI and the relay floor."""
     samples = samples_of(path)
+    also = {"lz4": "", "none": ", uncompressed"}.get(compression, f", {compression}")  # its own series in the plot
     records, pysam_s = bare_pysam(path)
-    ctx.figure(f"{label}: bare pysam loop", records / pysam_s, "variants/s", series="bare pysam loop",
+    plot = (lambda series: {"series": series}) if not also else (lambda series: {})  # baselines: plotted once
+    ctx.figure(f"{label}: bare pysam loop", records / pysam_s, "variants/s", **plot("bare pysam loop"),
                records=records)
     bcf = bcftools_view(path)
     if bcf is not None:
-        ctx.figure(f"{label}: bcftools view", records / bcf, "variants/s", series="bcftools view", records=records)
-    pipe = Pipeline(ctx, label.split()[0]).start()
+        ctx.figure(f"{label}: bcftools view", records / bcf, "variants/s", **plot("bcftools view"), records=records)
+    pipe = Pipeline(ctx, label.split()[0])
+    pipe.env["GDX_KAFKA_COMPRESSION"] = compression
+    pipe.start()
     try:
         pipe.consent_all(samples)
         fid = file_id(path)
         pipe.begin_measure()
+        broker0 = cpu_seconds(ctx.broker_pid) if ctx.broker_pid else 0.0
         t0 = time.monotonic()
         box: dict[str, Any] = {}
         ingest = threading.Thread(target=lambda: box.setdefault(
@@ -255,20 +265,37 @@ def throughput(ctx: BenchContext, path: Path, label: str, records_hint: int, tim
         done = pipe.wait_complete(fid, max(10.0, timeout - (time.monotonic() - t0)))
         used = pipe.end_measure()
         e2e = done - t0
+        broker = cpu_seconds(ctx.broker_pid) - broker0 if ctx.broker_pid else None
         ctx.figure(f"{label}: gdx ingest CLI alone", records / stats.seconds, "variants/s",
-                   baseline=f"{label}: bare pysam loop", series="gdx ingest vcf", records=records)
+                   baseline=f"{label}: bare pysam loop", series="gdx ingest vcf" + also, records=records)
         ctx.figure(f"{label}: end to end (ingest start to index complete)", records / e2e, "variants/s",
                    baseline=f"{label}: bcftools view" if bcf is not None else f"{label}: bare pysam loop",
-                   series="gdx end to end", records=records)
+                   series="gdx end to end" + also, records=records)
         ctx.figure(f"{label}: ingest CLI peak RSS", stats.peak_rss_mb, "MB", records=records)
         ctx.figure(f"{label}: ingest CLI CPU", stats.cpu_seconds, "s", records=records)
         for svc, (cpu, peak) in used.items():
             ctx.figure(f"{label}: {svc} CPU", cpu, "s", records=records)
             ctx.figure(f"{label}: {svc} peak RSS", peak, "MB", records=records)
-        messages, nbytes, kafka_s = bare_kafka(pipe)
+        if broker is not None:  # the cores are shared with the broker: what it took is not the services'
+            ctx.figure(f"{label}: Kafka broker CPU", broker, "s", records=records)
+            ctx.figure(f"{label}: CPU of every process per second of the run", (broker + stats.cpu_seconds + sum(
+                cpu for cpu, _ in used.values())) / e2e, "cores", note=f"of {os.cpu_count()}", records=records)
+        raw = pipe.kafka.read_all("gdx.raw.variants.v1", timeout=300)
+        messages, nbytes, kafka_s = bare_kafka(pipe, raw)
         ctx.figure(f"{label}: bare kafka-python produce+consume of the raw bytes", records / kafka_s, "variants/s",
-                   note=f"{messages} messages, {nbytes / 1e6:.1f} MB", series="bare kafka-python", records=records)
+                   note=f"{messages} messages, {nbytes / 1e6:.1f} MB", **plot("bare kafka-python"), records=records)
         ctx.figure(f"{label}: end to end vs bare kafka-python", (records / e2e) / (records / kafka_s), "ratio")
+        broker0 = cpu_seconds(ctx.broker_pid) if ctx.broker_pid else 0.0
+        floor_s = relay.floor(pipe.kafka.bootstrap, pipe.kafka.prefix,
+                              [(r.key, r.value, list(r.headers or ())) for r in raw], compression)
+        if ctx.broker_pid:
+            ctx.figure(f"{label}: Kafka broker CPU during the relay floor", cpu_seconds(ctx.broker_pid) - broker0, "s",
+                       records=records)
+        ctx.figure(f"{label}: relay floor (the raw messages through the pipeline's topology, no processing)",
+                   records / floor_s, "variants/s", note="bench/relay.py: from a fresh producer process to the"
+                   " index's place", series="kafka-python relay floor" + also, records=records,
+                   baseline=f"{label}: bcftools view" if bcf is not None else None)
+        ctx.figure(f"{label}: end to end vs the relay floor", (records / e2e) / (records / floor_s), "ratio")
     finally:
         pipe.stop()
 
@@ -290,31 +317,77 @@ def bff_tools() -> Path | None:
 
 
 def peer(ctx: BenchContext) -> None:
+    """bff-tools against gdx end to end on the same files: the clinical trio as published, and the
+    2504-sample 1000 Genomes file made acceptable to bff-tools (see `annotated_copy`)."""
     trio = ctx.shared(TRIO)
     exe = bff_tools()
     if trio is None or exe is None:
         print("  peer skipped: no clinical trio (shared data) or no bff-tools")
         return
-    n = sum(1 for line in gzip.open(trio, "rt") if not line.startswith("#"))
+    versus_bff(ctx, exe, trio, "trio")
+    kg = ctx.shared(KG)
+    copy = annotated_copy(kg, ctx.work / "1000G-split-ann.vcf.gz") if kg is not None else None
+    if copy is None:
+        print("  2504-sample peer skipped: no shared data or no bcftools to split its multi-allelic records")
+        return
+    versus_bff(ctx, exe, copy, "1000G 2504 samples, split, ANN added")
+
+
+def annotated_copy(source: Path, out: Path) -> Path | None:
+    """`source` as bff-tools accepts it, genotypes untouched: multi-allelic records split into one per
+    ALT (`bcftools norm -m -any`; bff-tools matches each annotation to the whole ALT column), and every
+    record given a SnpEff ANN entry (intergenic_region, MODIFIER) with its header line. bff-tools reads
+    the annotation but, with --no-annotate, does not compute it, so the file costs it what an
+    annotated file would."""
+    exe = shutil.which("bcftools")
+    if exe is None:
+        return None
+    split = subprocess.run([exe, "norm", "-m", "-any", "-Ov", str(source)], check=True, capture_output=True,
+                           text=True).stdout
+    ann = ("##INFO=<ID=ANN,Number=.,Type=String,Description=\"Functional annotations: 'Allele | Annotation | "
+           "Annotation_Impact | Gene_Name | Gene_ID | Feature_Type | Feature_ID | Transcript_BioType | Rank | "
+           "HGVS.c | HGVS.p | cDNA.pos / cDNA.length | CDS.pos / CDS.length | AA.pos / AA.length | Distance | "
+           "ERRORS / WARNINGS / INFO'\">\n")
+    import pysam
+
+    plain = out.with_suffix("")  # x.vcf.gz -> x.vcf, then bgzip-compressed as pysam and bff-tools read it
+    with open(plain, "w") as f:
+        for line in split.splitlines(keepends=True):
+            if line.startswith("##"):
+                f.write(line)
+            elif line.startswith("#"):
+                f.write(ann + line)
+            else:
+                cols = line.split("\t", 9)
+                cols[7] += f";ANN={cols[4]}|intergenic_region|MODIFIER|||intergenic_region||||||||||"
+                f.write("\t".join(cols))
+    pysam.tabix_compress(str(plain), str(out), force=True)
+    plain.unlink()
+    return out
+
+
+def versus_bff(ctx: BenchContext, exe: Path, path: Path, label: str) -> None:
+    n = sum(1 for line in gzip.open(path, "rt") if not line.startswith("#"))
     runs = []
     for i in range(3):
-        out = ctx.work / f"bff-{i}"
+        out = ctx.work / f"bff-{label.split()[0]}-{i}"
         t0 = time.perf_counter()
-        r = subprocess.run([str(exe), "vcf", "-i", str(trio), "--no-annotate", "--genome", "hg19", "-o", str(out),
+        r = subprocess.run([str(exe), "vcf", "-i", str(path), "--no-annotate", "--genome", "hg19", "-o", str(out),
                             "-nc", "-ne"], capture_output=True, text=True)
         runs.append(time.perf_counter() - t0)
         if r.returncode != 0:
-            print(f"  bff-tools failed: {r.stdout[-500:]}")
+            print(f"  bff-tools failed on {path.name}: {r.stdout[-500:]}")
             return
-    ctx.figure("trio: bff-tools vcf --no-annotate", n / min(runs), "variants/s", note="best of 3")
-    pipe = Pipeline(ctx, "trio").start()
+    ctx.figure(f"{label}: bff-tools vcf --no-annotate", n / min(runs), "variants/s", note="best of 3")
+    pipe = Pipeline(ctx, label.split()[0]).start()
     try:
-        pipe.consent_all(samples_of(trio))
+        pipe.consent_all(samples_of(path))
         t0 = time.monotonic()
-        stats = pipe.ingest_cli("vcf", str(trio), "--center", CENTER, "--dataset", DATASET)
-        done = pipe.wait_complete(file_id(trio), 120)
+        stats = pipe.ingest_cli("vcf", str(path), "--center", CENTER, "--dataset", DATASET)
+        done = pipe.wait_complete(file_id(path), 120)
         assert stats.returncode == 0, stats.stderr
-        ctx.figure("trio: gdx end to end", n / (done - t0), "variants/s", baseline="trio: bff-tools vcf --no-annotate")
+        ctx.figure(f"{label}: gdx end to end", n / (done - t0), "variants/s",
+                   baseline=f"{label}: bff-tools vcf --no-annotate")
     finally:
         pipe.stop()
 
@@ -440,6 +513,10 @@ def run(ctx: BenchContext) -> None:
     for records in sizes:
         demo = ctx.demo(100, records)
         throughput(ctx, demo.vcf, f"{records // 1000}k x 100", records, timeout=120 + records / 500)
+    # the same middle-sized file with nothing compressed: what lz4 costs when the broker is on this machine
+    records = sizes[1]
+    throughput(ctx, ctx.demo(100, records).vcf, f"{records // 1000}k x 100 uncompressed", records,
+               timeout=120 + records / 500, compression="none")
     kg = ctx.shared(KG)
     if kg is not None:
         throughput(ctx, kg, "1000G 2504 samples", 1042, timeout=600)

@@ -56,6 +56,7 @@ class BenchContext:
         self.shared_data = shared_data
         self.figures: list[Figure] = []
         self.suite = ""
+        self.broker_pid: int | None = None  # the private broker's JVM, when the harness started one
 
     # -- figures ---------------------------------------------------------------------------------
     def figure(self, name: str, value: float, unit: str, *, baseline: str | None = None, note: str = "",
