@@ -6,7 +6,7 @@ consent_gate consumes that and produces to the released topic, which the index a
 consume. Here a fresh process produces the raw topic's exact messages (key, value and headers), two
 relay processes consume and produce them again unchanged, and two sinks consume the last topic, each
 process with the clients and settings the services use (`make_producer`, `make_consumer`: acks=all,
-idempotence, lz4, read_committed, a commit per poll). The time from launching the producer until the
+idempotence, GDX_KAFKA_COMPRESSION, read_committed, a commit per poll). The time from launching the producer until the
 first sink has every message is the fastest this topology can move these bytes with kafka-python on
 this machine and broker, before any service does any work: no end-to-end rate can beat it.
 
@@ -74,7 +74,7 @@ def produce(bootstrap: str, topic: str, path: str) -> None:
 
 
 def floor(bootstrap: str, prefix: str, messages: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
-          compression: str = "lz4", timeout: float = 600) -> float:
+          compression: str = "none", timeout: float = 600) -> float:
     """Seconds from launching a producer process until the first sink has all `messages`, relayed
     source -> t0 -> (anonymize) -> t1 -> (consent_gate) -> t2 -> index and publish."""
     from gdx.common.kafka import client_config

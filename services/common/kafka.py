@@ -13,7 +13,7 @@ from gdx.common.avro import SchemaCatalog, WriterSchema
 from gdx.common.envelope import Envelope
 from gdx.common.errors import ConfigurationError, TransientError
 from gdx.common.settings import Settings
-from gdx.common.topics import TopicCatalog
+from gdx.common.topics import BATCH_OVERHEAD, TopicCatalog
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -121,7 +121,7 @@ def make_producer(settings: Settings, client_id: str, **overrides: Any) -> Kafka
         enable_idempotence=True,
         linger_ms=5,
         compression_type=compression(settings),
-        max_request_size=settings.max_message_bytes + 64 * 1024,
+        max_request_size=settings.max_message_bytes + BATCH_OVERHEAD,
         batch_size=256 * 1024,
         retries=2**31 - 1,
         delivery_timeout_ms=120_000,

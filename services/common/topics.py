@@ -9,6 +9,8 @@ from typing import Any
 
 from gdx.common.errors import ConfigurationError
 
+BATCH_OVERHEAD = 64 * 1024  # bytes a topic takes beyond GDX_MAX_MESSAGE_BYTES (as the producers' requests do)
+
 
 @dataclass(frozen=True)
 class TopicSpec:
@@ -33,7 +35,9 @@ class TopicSpec:
         cfg = {
             "cleanup.policy": self.cleanup_policy,
             "retention.ms": str(retention),
-            "max.message.bytes": str(max_message_bytes),
+            # room for the record batch around the largest event: its header, key and headers (uncompressed,
+            # an event of exactly the limit must still fit)
+            "max.message.bytes": str(max_message_bytes + BATCH_OVERHEAD),
         }
         cfg.update(self.extra_config)
         return cfg

@@ -191,10 +191,32 @@ def test_settings_for_a_service_with_its_own_prefix():
     assert s.max_retries == 7 and s.kafka_bootstrap == "h:1"
     assert isinstance(KafkaProducer, type) and client_config("a:1,b:2")["bootstrap_servers"] == ["a:1", "b:2"]
     assert Path(s.schema_dir).is_dir()
-    assert s.kafka_compression == "lz4" and compression(s) == "lz4"
-    assert compression(EchoSettings.from_env({"GDX_KAFKA_COMPRESSION": "none"})) is None
-    with pytest.raises(SettingsError, match="GDX_KAFKA_COMPRESSION: expected one of lz4, gzip, none, got 'zip'"):
+    assert s.kafka_compression == "none" and compression(s) is None
+    assert compression(EchoSettings.from_env({"GDX_KAFKA_COMPRESSION": "lz4"})) == "lz4"
+    with pytest.raises(SettingsError, match="GDX_KAFKA_COMPRESSION: expected one of none, lz4, gzip, got 'zip'"):
         EchoSettings.from_env({"GDX_KAFKA_COMPRESSION": "zip"})
+
+
+@pytest.mark.parametrize("codec", COMPRESSIONS)
+def test_an_event_of_exactly_the_size_limit_is_taken_by_the_broker(kafka: KafkaTestEnv, codec: str) -> None:
+    """Uncompressed, the record batch around an event is larger than the event: the topics leave room."""
+    settings = kafka.settings(kafka_compression=codec)
+    catalog = SchemaCatalog.load(SCHEMAS)
+    value = consent("p1", 1)
+    size = len(catalog.encode("org.gdx.ConsentRecord", value))
+    value["source"] = "x" * (settings.max_message_bytes - size + len(value["source"]))
+    longer = len(catalog.encode("org.gdx.ConsentRecord", value)) - settings.max_message_bytes  # the length's varint
+    value["source"] = value["source"][longer:]
+    assert len(catalog.encode("org.gdx.ConsentRecord", value)) == settings.max_message_bytes
+    producer = EventProducer(settings, catalog, kafka.topics, "test")
+    try:
+        sent = producer.send(kafka.topic(IN), "k", "org.gdx.ConsentRecord", value, new_envelope("big", "test"))
+        producer.flush()
+        assert sent.get(timeout=30).offset == 0
+    finally:
+        producer.close()
+    [rec] = kafka.read_all(IN)
+    assert len(rec.value) == settings.max_message_bytes
 
 
 def test_a_service_refuses_to_start_naming_the_topics_that_are_missing(kafka: KafkaTestEnv) -> None:
