@@ -27,7 +27,7 @@ import urllib.parse
 from pathlib import Path
 
 from bench.e2e_bench import CENTER, DATASET, Pipeline, file_id, get_json, write_vcf
-from bench.harness import BenchContext, anon_mb, rss_mb
+from bench.harness import BenchContext, anon_mb, percentile, rss_mb
 
 AHEAD = int(os.environ.get("GDX_SOAK_AHEAD", 8))  # files (2,000 records each) dropped, not yet complete in the index
 
@@ -109,16 +109,23 @@ def run(ctx: BenchContext) -> None:
         threading.Thread(target=feed, daemon=True).start()
         queries = [0]
 
+        latencies: list[float] = []
+        failed = [0]
+
         def query_load() -> None:
+            """One Beacon count query at a time, each waited for to its end (a client that gave up
+            and asked again would pile queries up in the services), then a pause of 0.2 s."""
             rng = random.Random(3)
             while not stop.is_set():
                 q = urllib.parse.urlencode({"assemblyId": "GRCh38", "referenceName": "22", "start": rng.randint(0, 10**7),
                                             "end": rng.randint(10**7, 2 * 10**7), "requestedGranularity": "count"})
+                started = time.monotonic()
                 try:
-                    get_json(f"{pipe.beacon}/g_variants?{q}")
+                    get_json(f"{pipe.beacon}/g_variants?{q}", timeout=120)
                     queries[0] += 1
-                except OSError:
-                    pass
+                    latencies.append(time.monotonic() - started)
+                except OSError:  # HTTP errors (the index's own 10 s limit: 504) included
+                    failed[0] += 1
                 time.sleep(0.2)
 
         threading.Thread(target=query_load, daemon=True).start()
@@ -143,6 +150,10 @@ def run(ctx: BenchContext) -> None:
         ctx.figure("soak: duration", seconds, "s")
         ctx.figure("soak: sustained rate (records completed in the index)", done * per_file / seconds, "variants/s")
         ctx.figure("soak: Beacon queries answered alongside", queries[0], "queries")
+        ctx.figure("soak: Beacon queries failed", failed[0], "queries")
+        if latencies:
+            ctx.figure("soak: Beacon count query p50", percentile(latencies, 0.5) * 1000, "ms")
+            ctx.figure("soak: Beacon count query p99", percentile(latencies, 0.99) * 1000, "ms")
         ctx.figure("soak: files rejected by ingest", rejected[0], "files")
         for group, points in sorted(lags.items()):
             ctx.figure(f"soak: {group} consumer lag, largest", max(v for _, v in points), "events",
