@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from gdx.broker.local import FALLBACK_VERSION, KafkaCluster, resolve_jars
+from gdx.common.settings import COMPRESSIONS
 
 from tests.integration import test_platform
 from tests.kafka_harness import KafkaTestEnv, unique_prefix
@@ -45,8 +46,9 @@ def test_the_fallback_broker_reports_its_version(fallback_bootstrap: str):
         admin.close()
 
 
-def test_every_schema_round_trips_on_the_fallback_broker(kafka39: KafkaTestEnv):
-    test_platform.test_every_schema_round_trips_through_the_broker_and_decodes_from_gdx_schemas_alone(kafka39)
+@pytest.mark.parametrize("codec", COMPRESSIONS)
+def test_every_schema_round_trips_on_the_fallback_broker(kafka39: KafkaTestEnv, codec: str):
+    test_platform.test_every_schema_round_trips_through_the_broker_and_decodes_from_gdx_schemas_alone(kafka39, codec)
 
 
 def test_poison_message_is_dead_lettered_on_the_fallback_broker(kafka39: KafkaTestEnv):
