@@ -74,7 +74,7 @@ def produce(bootstrap: str, topic: str, path: str) -> None:
 
 
 def floor(bootstrap: str, prefix: str, messages: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
-          compression: str = "none", timeout: float = 600) -> float:
+          compression: str = "lz4", timeout: float = 600) -> float:
     """Seconds from launching a producer process until the first sink has all `messages`, relayed
     source -> t0 -> (anonymize) -> t1 -> (consent_gate) -> t2 -> index and publish."""
     from gdx.common.kafka import client_config
