@@ -287,8 +287,7 @@ def throughput(ctx: BenchContext, path: Path, label: str, records_hint: int, tim
                    note=f"{messages} messages, {nbytes / 1e6:.1f} MB", **plot("bare kafka-python"), records=records)
         ctx.figure(f"{label}: end to end vs bare kafka-python", (records / e2e) / (records / kafka_s), "ratio")
         broker0 = cpu_seconds(ctx.broker_pid) if ctx.broker_pid else 0.0
-        floor_s = relay.floor(pipe.kafka.bootstrap, pipe.kafka.prefix,
-                              [(r.key, r.value, list(r.headers or ())) for r in raw], compression)
+        floor_s = relay.floor(pipe.kafka.bootstrap, pipe.kafka.prefix, raw, compression)
         if ctx.broker_pid:
             ctx.figure(f"{label}: Kafka broker CPU during the relay floor", cpu_seconds(ctx.broker_pid) - broker0, "s",
                        records=records)
@@ -521,8 +520,7 @@ def warm_up(ctx: BenchContext, records: int) -> None:
         if stats.returncode != 0:
             raise RuntimeError(f"warm-up: gdx ingest failed: {stats.stderr[-2000:]}")
         pipe.wait_complete(file_id(path), 300)
-        relay.floor(pipe.kafka.bootstrap, pipe.kafka.prefix,
-                    [(r.key, r.value, list(r.headers or ())) for r in pipe.kafka.read_all("gdx.raw.variants.v1")])
+        relay.floor(pipe.kafka.bootstrap, pipe.kafka.prefix, pipe.kafka.read_all("gdx.raw.variants.v1"))
     finally:
         pipe.stop()
 

@@ -42,6 +42,9 @@ def relay(bootstrap: str, source: str, target: str | None, count: int) -> None:
     consumer = make_consumer(settings, f"relay-{source}-{os.getpid()}", "bench-relay")  # a group of its own
     consumer.subscribe([source])
     producer = make_producer(settings, "bench-relay") if target else None
+    while not consumer.assignment():  # joined: nothing is produced before every relay says so
+        consumer.poll(timeout_ms=100)  # the topic is still empty: nothing is taken here
+    print("ready", flush=True)
     seen = 0
     while seen < count:
         polled = consumer.poll(timeout_ms=500)
@@ -73,10 +76,10 @@ def produce(bootstrap: str, topic: str, path: str) -> None:
     producer.close()
 
 
-def floor(bootstrap: str, prefix: str, messages: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
-          compression: str = "lz4", timeout: float = 600) -> float:
-    """Seconds from launching a producer process until the first sink has all `messages`, relayed
-    source -> t0 -> (anonymize) -> t1 -> (consent_gate) -> t2 -> index and publish."""
+def floor(bootstrap: str, prefix: str, records: list[Any], compression: str = "lz4", timeout: float = 600) -> float:
+    """Seconds from launching a producer process until the first sink has every one of `records` (as a
+    consumer returns them: key, value, headers), relayed source -> t0 -> (anonymize) -> t1 ->
+    (consent_gate) -> t2 -> index and publish."""
     from gdx.common.kafka import client_config
     from kafka.admin import KafkaAdminClient, NewTopic
 
@@ -88,25 +91,23 @@ def floor(bootstrap: str, prefix: str, messages: list[tuple[bytes, bytes, list[t
                              for t in topics])
     finally:
         admin.close()
-    count = str(len(messages))
+    count = str(len(records))
     me = [sys.executable, "-m", "bench.relay", bootstrap]
     env = {**os.environ, "GDX_KAFKA_COMPRESSION": compression}
-    procs: list[subprocess.Popen[Any]] = [subprocess.Popen([*me, topics[0], topics[1], count], cwd=REPO, env=env),
-             subprocess.Popen([*me, topics[1], topics[2], count], cwd=REPO, env=env),
-             subprocess.Popen([*me, topics[2], "-", count], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True),  # the index's
-             subprocess.Popen([*me, topics[2], "-", count], cwd=REPO, env=env, stdout=subprocess.DEVNULL)]  # publish's place
+    hops = [(topics[0], topics[1]), (topics[1], topics[2]), (topics[2], "-"), (topics[2], "-")]  # [2]: the index's
+    procs = [subprocess.Popen([*me, source, target, count], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+             for source, target in hops]
     with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as f:
-        f.write(pickle.dumps(messages))
+        f.write(pickle.dumps([(r.key, r.value, list(r.headers or ())) for r in records]))
     try:
-        time.sleep(3)  # the relays join their groups before the first message
+        for p in procs:  # every relay has joined its group
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready", "a relay process failed to start"
         t0 = time.monotonic()
         subprocess.run([*me, "--produce", topics[0], f.name], check=True, timeout=timeout, cwd=REPO, env=env)
-        out, _ = procs[2].communicate(timeout=timeout)
-        for p in procs:
-            p.wait(timeout=timeout)
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
         if any(p.returncode for p in procs):
             raise RuntimeError(f"a relay process failed: exit codes {[p.returncode for p in procs]}")
-        return float(out.split()[-1]) - t0
+        return float(outs[2].split()[-1]) - t0
     finally:
         os.unlink(f.name)
         for p in procs:
