@@ -68,6 +68,12 @@ class Metrics:
         self.index_dataset_participants = Gauge("gdx_index_dataset_participants",
                                                 "Participants with released data in the index, per dataset",
                                                 ["service", "dataset"], registry=r)
+        self.index_sqlite_memory = Gauge(
+            "gdx_index_sqlite_memory_bytes",
+            "Memory SQLite holds in the index process (page caches of every connection; bounded)", ["service"],
+            registry=r)
+        self.index_slice_cache = Gauge("gdx_index_slice_cache_members",
+                                       "Slice members kept decoded between queries (bounded)", ["service"], registry=r)
         # files
         self.files = Gauge("gdx_files", "Files by state (in_flight, complete, failed)", ["service", "state"], registry=r)
         # API

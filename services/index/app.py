@@ -26,6 +26,7 @@ from gdx.common.topics import TopicCatalog
 from gdx.index.handler import IndexHandler
 from gdx.index.query import CohortQuery, VariantQuery, to_json
 from gdx.index.settings import IndexSettings
+from gdx.index.store import sqlite_memory_bytes
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 
@@ -205,6 +206,7 @@ class IndexApp:
         if applied or now - self._last_lag >= LAG_INTERVAL_S:
             self._last_lag = now
             self._update_pending()
+            self._update_memory()
         if self._size_dirty and now >= self._size_due and not self._sizing.is_alive():
             # the variant count reads every key (about 1.5 s per million): on a thread of its own, with
             # its own read connection, so the consumer never waits for it
@@ -220,6 +222,14 @@ class IndexApp:
         except Exception:  # noqa: BLE001 - a gauge must never stop the worker; the next tick retries
             log.exception("index size not measured")
             self._size_dirty = True
+
+    def _update_memory(self) -> None:
+        """The bounded caches' share of the process's memory: what `make bench`'s soak subtracts to tell a
+        cache filling up from a leak."""
+        used = sqlite_memory_bytes()
+        if used is not None:
+            self.metrics.index_sqlite_memory.labels(SERVICE).set(used)
+        self.metrics.index_slice_cache.labels(SERVICE).set(self.handler.store.slice_cache_members)
 
     def _update_pending(self) -> None:
         """Events not yet in the store: retractions, plus what the owned partitions still have to be

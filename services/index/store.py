@@ -53,6 +53,10 @@ SLICE_CACHE_MEMBERS = 200_000
 # missing the cache takes the page from the OS's file cache, a few microseconds, small beside the
 # Python work per row of an answer.
 READER_CACHE_MB = 8
+# Idle read connections kept open for the next reads; one more opened in a burst of concurrent reads
+# is closed when its read ends, with its cache, so SQLite's memory stays within
+# cache_mb + READERS_KEPT x reader_cache_mb once the burst is over.
+READERS_KEPT = 4
 
 # Size the WAL file is cut back to when the log starts over (MiB). Past it, a commit waits briefly for
 # the reads under way to end, so the log can start over (see IndexStore.checkpoint).
@@ -115,6 +119,34 @@ class Source(NamedTuple):
 # Per sample and ALT one byte: copies of the ALT (bits 0-2), called allele slots (bits 3-5) and
 # whether a slot is missing (bits 6-7, non-zero). A slot of gt maps to 1*is_alt + 8*is_called +
 # 64*is_missing, so summing the slots of a sample (no carry up to ploidy 3) gives its code.
+
+
+def sqlite_memory_bytes() -> int | None:
+    """Memory the SQLite library holds in this process: every connection's page cache, statements and
+    schema (sqlite3_status64, SQLITE_STATUS_MEMORY_USED). The caches are bounded (`cache_mb` for the
+    writer, READER_CACHE_MB for each reader) and fill as the store is used, so the index's RSS grows
+    until they are full; this tells that growth from a leak. None where the library does not say."""
+    global _status64
+    if _status64 is None:
+        try:
+            import _sqlite3
+            import ctypes
+
+            # through the module's own link, so it is the library instance its connections use
+            _status64 = ctypes.CDLL(_sqlite3.__file__).sqlite3_status64
+        except (OSError, AttributeError, ImportError):
+            _status64 = False
+    if not _status64:
+        return None
+    import ctypes
+
+    current, highest = ctypes.c_int64(), ctypes.c_int64()
+    if _status64(0, ctypes.byref(current), ctypes.byref(highest), 0) != 0:  # 0: SQLITE_STATUS_MEMORY_USED
+        return None
+    return int(current.value)
+
+
+_status64: Any = None
 
 
 def _slot_table(allele: int) -> bytes:
@@ -308,8 +340,10 @@ class IndexStore:
         try:
             yield conn
         finally:
-            if self._closed:
-                conn.close()  # the store closed while this read ran: closed by the thread that used it
+            if self._closed or self._idle_readers.qsize() >= READERS_KEPT:
+                # the store closed while this read ran, or enough readers wait idle: closed by the
+                # thread that used it
+                conn.close()
             else:
                 self._idle_readers.put(conn)
 
@@ -647,6 +681,11 @@ class IndexStore:
                 rows.append((assembly, crank, contig, start, ref, alt, end, slice_id, vtype,
                              allele_codes(gt, ploidy, number)))
         return rows
+
+    @property
+    def slice_cache_members(self) -> int:
+        """Members of the slices kept decoded (bounded by SLICE_CACHE_MEMBERS)."""
+        return self._slice_members
 
     def row_count(self) -> int:
         """Variant rows (variant x slice) in the store."""

@@ -138,6 +138,9 @@ def test_every_dashboard_panel_and_rule_answers_over_a_live_pipeline(kafka: Kafk
         assert series('gdx_files{service="ingest"}', "state") == {"in_flight": 0.0, "complete": 1.0}
         assert series('gdx_files{service="index"}', "state") == {"in_flight": 0.0, "complete": 1.0, "failed": 0.0}
         assert series("gdx_index_variants", "service")["index"] > 0
+        # SQLite's memory in the index: above nothing (the store is open), below its page caches' sizes
+        sqlite_mb = series("gdx_index_sqlite_memory_bytes", "service")["index"] / (1 << 20)
+        assert 0 < sqlite_mb < 64 + 4 * 8, sqlite_mb
         per_dataset = series("gdx_index_dataset_participants", "dataset")
         assert set(per_dataset) == {DATASET} and 0 < per_dataset[DATASET] <= len(granted), per_dataset
         lag = series("sum by (service) (gdx_consumer_lag)", "service")

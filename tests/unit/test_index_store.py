@@ -566,3 +566,46 @@ def test_a_count_without_keys_gives_the_same_total_and_no_key_list(store):
     # over the wire and merged, as publish sees it
     merged = merge([from_json(to_json(without))], VariantQuery(**wide, with_keys=False))
     assert merged.total == 20 and merged.hits == []
+
+
+def test_a_burst_of_reads_gives_its_connections_and_their_caches_back(tmp_path):
+    """Each read connection caches pages of its own: after a burst of concurrent reads the store keeps
+    READERS_KEPT of them open, and SQLite's memory (what gdx_index_sqlite_memory_bytes shows) drops."""
+    import contextlib
+
+    from gdx.index.store import READERS_KEPT, sqlite_memory_bytes
+
+    store = IndexStore(tmp_path / "index.sqlite3")
+    try:
+        samples = [f"S{i}" for i in range(50)]
+        for b in range(20):
+            rows = [record(b * 10_000 + 10 * i + 1, "A", ["G"], [(0, 1)] * 50) for i in range(500)]
+            store.add_batch(batch(samples, rows, batch_index=b))
+        before = sqlite_memory_bytes()
+        assert before is not None and before > 0
+        burst = READERS_KEPT + 6
+        with contextlib.ExitStack() as stack:
+            conns = [stack.enter_context(store.reading()) for _ in range(burst)]
+            for conn in conns:  # a scan of every row fills each connection's cache
+                conn.execute("SELECT sum(length(codes)) FROM vrow").fetchone()
+            during = sqlite_memory_bytes()
+        after = sqlite_memory_bytes()
+        assert during is not None and after is not None
+        assert during > before
+        assert store._idle_readers.qsize() == READERS_KEPT
+        closed = [c for c in conns if not _is_open(c)]
+        assert len(closed) == burst - READERS_KEPT
+        # the closed connections' caches went with them
+        assert during - after >= (during - before) * (burst - READERS_KEPT) / burst * 0.8
+        assert answer(store, VariantQuery("1", (0,), (10**6,), granularity="count")).total == 20 * 500
+    finally:
+        store.close()
+
+
+def _is_open(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("SELECT 1")
+        return True
+    except sqlite3.ProgrammingError:
+        return False
+
