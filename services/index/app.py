@@ -26,7 +26,7 @@ from gdx.common.topics import TopicCatalog
 from gdx.index.handler import IndexHandler
 from gdx.index.query import CohortQuery, VariantQuery, to_json
 from gdx.index.settings import IndexSettings
-from gdx.index.store import sqlite_memory_bytes
+from gdx.index.store import Abandoned, sqlite_memory_bytes
 from kafka import TopicPartition
 from kafka.errors import KafkaError
 
@@ -56,10 +56,6 @@ def purpose_filter(purposes: list[list[Any]] | None) -> Callable[[str, tuple[str
         return cache[key]
 
     return admitted
-
-
-class Abandoned(Exception):
-    """The client of a query stopped waiting (closed its connection) before the query ran."""
 
 
 class JsonText(str):
@@ -288,15 +284,16 @@ class IndexApp:
     # -- queries (HTTP threads) ---------------------------------------------------------------
     def answer(self, path: str, body: dict[str, Any], wanted: Callable[[], bool] = lambda: True) -> Any:
         """The answer to one query API request. Variant and individual queries wait for one of the
-        query slots; one whose client has stopped waiting meanwhile (`wanted`) is not run."""
+        query slots; one whose client has stopped waiting meanwhile (`wanted`) is not run, and a variant
+        query stops when its client stops waiting."""
         if path not in HEAVY_ENDPOINTS:
             return self._answer(path, body)
         with self.query_slots:
             if not wanted():
                 raise Abandoned(path)
-            return self._answer(path, body)
+            return self._answer(path, body, wanted)
 
-    def _answer(self, path: str, body: dict[str, Any]) -> Any:
+    def _answer(self, path: str, body: dict[str, Any], wanted: Callable[[], bool] | None = None) -> Any:
         store = self.handler.store
         flt = purpose_filter(body.get("purposes"))
         if path == "/variants":
@@ -308,7 +305,7 @@ class IndexApp:
                 datasets=frozenset(body["datasets"]) if body.get("datasets") is not None else None,
                 granularity=body.get("granularity", "count"), skip=int(body.get("skip", 0)),
                 limit=body.get("limit"), with_keys=bool(body.get("keys", True)))
-            return JsonText(to_json(store.query_variants(vq, flt)))
+            return JsonText(to_json(store.query_variants(vq, flt, wanted)))
         if path == "/individuals":
             cq = CohortQuery(filters=tuple(body.get("filters", ())),
                              datasets=frozenset(body["datasets"]) if body.get("datasets") is not None else None,

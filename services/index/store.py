@@ -11,7 +11,7 @@ import json
 import os
 import queue
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
@@ -53,6 +53,15 @@ SLICE_CACHE_MEMBERS = 200_000
 # missing the cache takes the page from the OS's file cache, a few microseconds, small beside the
 # Python work per row of an answer.
 READER_CACHE_MB = 8
+# SQLite steps between two checks that a query's client still waits (about a thousand rows of a range
+# scan, a few milliseconds of work)
+WANTED_STEPS = 50_000
+
+
+class Abandoned(Exception):
+    """The client of a query stopped waiting (closed its connection): the query was not run, or stopped."""
+
+
 # Idle read connections kept open for the next reads; one more opened in a burst of concurrent reads
 # is closed when its read ends, with its cache, so SQLite's memory stays within
 # cache_mb + READERS_KEPT x reader_cache_mb once the burst is over.
@@ -717,10 +726,26 @@ class IndexStore:
             self._slice_members += len(members)
         return cached
 
-    def query_variants(self, query: VariantQuery, participant_filter: ParticipantFilter) -> VariantResult:
-        """This worker's answer to a g_variants query (see `VariantResult` for what it lists)."""
+    def query_variants(self, query: VariantQuery, participant_filter: ParticipantFilter,
+                       wanted: Callable[[], bool] | None = None) -> VariantResult:
+        """This worker's answer to a g_variants query (see `VariantResult` for what it lists).
+
+        `wanted` is asked every few thousand rows read: once it says False (the client hung up), the
+        query stops with Abandoned instead of running on for an answer nobody reads. A range count over a
+        few hundred thousand variants takes seconds; a client that gave up and asked again would
+        otherwise queue one more such query behind it each time."""
         with self.reading() as conn:
-            return self._query_variants(conn, query, participant_filter)
+            if wanted is None:
+                return self._query_variants(conn, query, participant_filter)
+            conn.set_progress_handler(lambda: 0 if wanted() else 1, WANTED_STEPS)
+            try:
+                return self._query_variants(conn, query, participant_filter)
+            except sqlite3.OperationalError as exc:
+                if "interrupted" in str(exc) and not wanted():
+                    raise Abandoned("the client stopped waiting for the variant query") from None
+                raise
+            finally:
+                conn.set_progress_handler(None, 0)
 
     def _query_variants(self, conn: sqlite3.Connection, query: VariantQuery,
                         participant_filter: ParticipantFilter) -> VariantResult:

@@ -609,3 +609,29 @@ def _is_open(conn: sqlite3.Connection) -> bool:
     except sqlite3.ProgrammingError:
         return False
 
+
+def test_a_variant_query_stops_once_its_client_stops_waiting(tmp_path):
+    """A range count over many variants takes seconds; once the client hung up (`wanted` says False) the
+    query stops with Abandoned, and the read connection answers the next query as before."""
+    from gdx.index.store import Abandoned
+
+    store = IndexStore(tmp_path / "index.sqlite3")
+    try:
+        samples = [f"S{i}" for i in range(20)]
+        for b in range(10):
+            rows = [record(b * 100_000 + 10 * i + 1, "A", ["G"], [(0, 1)] * 20) for i in range(2_000)]
+            store.add_batch(batch(samples, rows, batch_index=b))
+        everything = VariantQuery("1", (0,), (10**7,), granularity="count")
+        asked = [0]
+
+        def gone_after_first_check() -> bool:
+            asked[0] += 1
+            return asked[0] < 2
+
+        with pytest.raises(Abandoned):
+            store.query_variants(everything, EVERYONE, gone_after_first_check)
+        assert asked[0] >= 2
+        assert store.query_variants(everything, EVERYONE, lambda: True).total == 20_000
+        assert answer(store, everything).total == 20_000
+    finally:
+        store.close()
