@@ -256,6 +256,7 @@ def _serve(args: argparse.Namespace) -> int:
     _tune_malloc()
     _stacks_on_signal()
     module = importlib.import_module(f"gdx.{args.service}.app")
+    _freeze_imports()
     try:
         return int(module.main() or 0)
     except KafkaError as exc:
@@ -263,6 +264,16 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gdx serve {args.service}: Kafka unavailable, exiting for a restart: {type(exc).__name__}: {exc}",
               file=sys.stderr)
         return 75
+
+
+def _freeze_imports() -> None:
+    """Leave what importing the service made (modules, classes, functions: about 70,000 objects that live as
+    long as the process) out of the cyclic collector's passes. A full pass over them took 110 ms here, and a
+    service makes one a minute (`tidy_heap`); without them it takes about a millisecond."""
+    import gc
+
+    gc.collect()  # garbage of the imports is freed, not kept for good
+    gc.freeze()
 
 
 def _stacks_on_signal() -> None:

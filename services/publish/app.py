@@ -204,6 +204,9 @@ async def serve(settings: PublishSettings) -> int:
     """The Beacon API and, unless GDX_PUBLISH_FEEDS=false, the subscriber feed worker in a thread; the
     process ends (with the worker's exit code) when the worker gives up, for its supervisor to restart it."""
     import threading
+    import time
+
+    from gdx.common.runner import TRIM_INTERVAL_S, tidy_heap
 
     feeds: Any = None
     if settings.feeds:
@@ -228,10 +231,14 @@ async def serve(settings: PublishSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    tidied = time.monotonic()
     try:
         while not stop.is_set() and (feeds is None or worker.is_alive()):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+            if feeds is None and time.monotonic() - tidied > TRIM_INTERVAL_S:
+                tidy_heap()  # the feed worker's runner does it when it runs
+                tidied = time.monotonic()
     finally:
         if feeds is not None:
             feeds.stop()

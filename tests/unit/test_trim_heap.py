@@ -1,5 +1,6 @@
-"""Services hand memory malloc holds free back to the system, so their RSS says what they use: malloc_trim
-every minute, and large buffers mapped on their own (`gdx serve` tunes malloc)."""
+"""Services hand memory malloc holds free back to the system, so their RSS says what they use: cyclic
+garbage collected and malloc_trim every minute, and large buffers mapped on their own (`gdx serve` tunes
+malloc)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,34 @@ def test_large_buffers_go_back_to_the_system_when_freed_in_a_service_process():
     plain, tuned = rss_after("plain"), rss_after("tuned")
     assert plain > 250, f"glibc kept only {plain} MB: the probe no longer shows what the tuning is for"
     assert tuned < 100, f"RSS {tuned} MB after freeing 300 MB of buffers in a tuned process"
+
+
+CYCLES = RSS + """
+import gc
+from gdx.common.runner import tidy_heap, trim_heap
+gc.disable()  # the collector's own full pass not due yet, as for minutes in a steady service
+
+def failed(i):
+    buffer = bytes(4000) + bytes([i % 256])  # what a frame referenced: a fetch buffer, a batch
+    try:
+        raise TimeoutError(i)
+    except TimeoutError as exc:
+        held = exc  # the exception's traceback holds this frame, the frame holds the exception
+        return None
+
+for i in range(40_000):
+    failed(i)
+start = rss()
+trim_heap()
+trimmed = rss()
+tidy_heap()
+print(start, trimmed, rss())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists() or sys.platform != "linux", reason="glibc on Linux only")
+def test_memory_held_by_reference_cycles_leaves_the_process_after_tidy_heap():
+    done = subprocess.run([sys.executable, "-c", CYCLES], capture_output=True, text=True, timeout=60, check=True)
+    start, trimmed, tidied = map(int, done.stdout.split())
+    assert start - trimmed < 20, f"trim_heap alone went from {start} to {trimmed} MB: the probe has no garbage cycles"
+    assert trimmed - tidied > 120, f"RSS {trimmed} MB before tidy_heap, {tidied} MB after: the cycles' memory was kept"
