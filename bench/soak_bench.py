@@ -12,7 +12,9 @@ bounded. Figures: the sustained rate (records the index completed per second), t
 each group, and per process the resident memory in the first and last quarter of the run, its peak, and its slope
 over the whole run and over the second half (a bounded cache filling up grows early, then levels off;
 a leak keeps its slope); the second-half slope of the anonymous part alone (heap and stacks, where a
-leak shows) beside it, since library and file pages touched late also count in the RSS.
+leak shows) beside it, since library and file pages touched late also count in the RSS. The index's
+caches fill for minutes as its store grows: SQLite's memory (its gauge) is printed per minute, and the
+index's anonymous RSS less it.
 `--quick` soaks for 45 seconds; GDX_SOAK_SECONDS sets another duration, GDX_SOAK_AHEAD another AHEAD.
 """
 
@@ -26,7 +28,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from bench.e2e_bench import CENTER, DATASET, Pipeline, file_id, get_json, write_vcf
+from bench.e2e_bench import CENTER, DATASET, Pipeline, file_id, free_port, get_json, write_vcf
 from bench.harness import BenchContext, anon_mb, percentile, rss_mb
 
 AHEAD = int(os.environ.get("GDX_SOAK_AHEAD", 8))  # files (2,000 records each) dropped, not yet complete in the index
@@ -71,6 +73,8 @@ def run(ctx: BenchContext) -> None:
     pipe.env.update({"GDX_INGEST_INBOX": str(inbox), "GDX_INGEST_SETTLE_SECONDS": "0.2",
                      "GDX_INGEST_SCAN_INTERVAL_S": "0.2", "GDX_INGEST_METRICS_PORT": "0"})
     pipe.services = (*pipe.services, "ingest")
+    index_metrics = free_port()  # the index's bounded caches, read from its gauges
+    pipe.env["GDX_INDEX_METRICS_PORT"] = str(index_metrics)
     pipe.start()
     try:
         pipe.consent_all(samples)
@@ -130,6 +134,7 @@ def run(ctx: BenchContext) -> None:
 
         threading.Thread(target=query_load, daemon=True).start()
         lags: dict[str, list[tuple[float, float]]] = {}
+        caches: dict[str, list[tuple[float, float]]] = {"sqlite": [], "slices": [], "rest": []}
         t0 = time.monotonic()
         last_lag = -60.0
         while time.monotonic() - t0 < seconds:
@@ -139,6 +144,11 @@ def run(ctx: BenchContext) -> None:
                 if rss:
                     samples_mb[name].append((now, rss))
                     anon_samples_mb[name].append((now, anon_mb(pid)))
+            gauges = index_caches(index_metrics)
+            if gauges and anon_samples_mb["index"]:
+                caches["sqlite"].append((now, gauges["sqlite"]))
+                caches["slices"].append((now, gauges["slices"]))
+                caches["rest"].append((now, anon_samples_mb["index"][-1][1] - gauges["sqlite"]))
             if now - last_lag >= 10:
                 last_lag = now
                 for group, lag in group_lags(pipe).items():
@@ -176,8 +186,48 @@ def run(ctx: BenchContext) -> None:
             anon = anon_samples_mb[name]
             ctx.figure(f"soak: {name} anonymous RSS slope, second half", slope_per_min(anon[half:]), "MB/min",
                        note="per minute: " + by_minute(anon))
+        if len(caches["rest"]) >= 8:
+            # The index's page caches (SQLite) fill up to their bound as the store grows: its anonymous
+            # RSS less what SQLite holds is the part where a leak would show
+            half = len(caches["rest"]) // 2
+            ctx.figure("soak: index SQLite memory, last", caches["sqlite"][-1][1], "MB",
+                       note=f"page caches set to {index_cache_bound_mb(pipe.env):.0f} MB, plus SQLite's page headers"
+                            " (about 8 %) and statements; per minute: " + by_minute(caches["sqlite"]))
+            ctx.figure("soak: index slice cache members, largest", max(v for _, v in caches["slices"]), "members",
+                       note="per minute: " + by_minute(caches["slices"]))
+            ctx.figure("soak: index anonymous RSS less SQLite's, slope, second half",
+                       slope_per_min(caches["rest"][half:]), "MB/min", note="per minute: " + by_minute(caches["rest"]))
     finally:
         pipe.stop()
+
+
+def index_caches(port: int) -> dict[str, float]:
+    """The index's cache gauges (SQLite's memory in MB, slice members decoded); {} when unread."""
+    import urllib.request
+
+    want = {"gdx_index_sqlite_memory_bytes": "sqlite", "gdx_index_slice_cache_members": "slices"}
+    out: dict[str, float] = {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            for line in resp.read().decode().splitlines():
+                name = line.split("{", 1)[0]
+                if name in want:
+                    out[want[name]] = float(line.rsplit(" ", 1)[1])
+    except OSError:
+        return {}
+    if "sqlite" in out:
+        out["sqlite"] /= 1 << 20
+    return out if len(out) == 2 else {}
+
+
+def index_cache_bound_mb(env: dict[str, str]) -> float:
+    """What SQLite's page caches may hold in the index between bursts of reads: the writer's cache and
+    each idle reader's."""
+    from gdx.index.settings import IndexSettings
+    from gdx.index.store import READERS_KEPT
+
+    settings = IndexSettings.from_env(env)
+    return settings.cache_mb + READERS_KEPT * settings.reader_cache_mb
 
 
 def group_lags(pipe: Pipeline) -> dict[str, float]:
