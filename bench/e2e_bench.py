@@ -136,8 +136,8 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                for f in get_json(self.index + "/completeness"):
-                    if f["file_id"] == file_id and f["complete"]:
+                for f in get_json(self.index + "/completeness?" + urllib.parse.urlencode({"file_id": file_id})):
+                    if f["complete"]:
                         return time.monotonic()
             except OSError:
                 pass

@@ -91,7 +91,8 @@ def run(ctx: BenchContext) -> None:
             while not stop.is_set():
                 if in_flight:
                     try:
-                        for f in get_json(pipe.index + "/completeness"):
+                        asked = urllib.parse.urlencode({"file_id": list(in_flight)}, doseq=True)
+                        for f in get_json(pipe.index + "/completeness?" + asked):
                             if f["complete"]:
                                 in_flight.pop(f["file_id"], None)
                     except OSError:
@@ -155,7 +156,7 @@ def run(ctx: BenchContext) -> None:
                     lags.setdefault(group, []).append((now, lag))
             time.sleep(2)
         stop.set()
-        complete = {f["file_id"] for f in get_json(pipe.index + "/completeness") if f["complete"]}
+        complete = {f["file_id"] for f in get_json(pipe.index + "/completeness", timeout=60) if f["complete"]}
         done = sum(1 for f in done_ids if f in complete)
         ctx.figure("soak: duration", seconds, "s")
         ctx.figure("soak: sustained rate (records completed in the index)", done * per_file / seconds, "variants/s")

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from gdx.common.avro import SchemaCatalog
 from gdx.common.envelope import Envelope
@@ -315,9 +316,10 @@ class IndexApp:
         if path == "/filtering_terms":
             return store.cohort.filtering_terms()
         if path == "/completeness":
-            return self.handler.completeness()
+            return self.handler.completeness(body.get("file_id"))
         if path == "/datasets":
-            return sorted({f["dataset"] for f in self.handler.completeness()} | set(store.cohort.datasets()))
+            # publish asks every second: one read of the file table, not every file's completeness
+            return sorted(set(store.datasets()) | set(store.cohort.datasets()))
         raise KeyError(path)
 
 
@@ -377,7 +379,10 @@ def serve_queries(app: IndexApp, host: str, port: int) -> ThreadingHTTPServer:
 
         def do_GET(self) -> None:  # noqa: N802
             self._started = time.perf_counter()
-            self._run({})
+            # GET /completeness?file_id=A&file_id=B: those files only (a poller waiting for a few files
+            # need not have every file the index ever took listed each time)
+            query = parse_qs(urlsplit(self.path).query)
+            self._run({"file_id": query["file_id"]} if "file_id" in query else {})
 
         def do_POST(self) -> None:  # noqa: N802
             self._started = time.perf_counter()

@@ -4,6 +4,7 @@ to the worker's store (no Kafka here; the app feeds it decoded events)."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from gdx.common.errors import PermanentError, TransientError
@@ -54,6 +55,7 @@ class IndexHandler:
         """Called by the runner before it commits offsets: make everything applied so far durable."""
         self.store.checkpoint()
 
-    def completeness(self) -> list[dict[str, Any]]:
-        """Per file: dataset, file_id, batches expected/indexed, complete (for `gdx status`)."""
-        return self.store.completeness()
+    def completeness(self, file_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Per file (every one, or those of `file_ids`): dataset, file_id, batches expected/indexed,
+        complete (for `gdx status`)."""
+        return self.store.completeness(file_ids)

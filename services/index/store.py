@@ -62,6 +62,9 @@ class Abandoned(Exception):
     """The client of a query stopped waiting (closed its connection): the query was not run, or stopped."""
 
 
+# Files one completeness request may name
+MAX_FILES_ASKED = 1000
+
 # Idle read connections kept open for the next reads; one more opened in a burst of concurrent reads
 # is closed when its read ends, with its cache, so SQLite's memory stays within
 # cache_mb + READERS_KEPT x reader_cache_mb once the burst is over.
@@ -533,20 +536,31 @@ class IndexStore:
         else:
             self._failed.discard(file_id)
 
-    def completeness(self) -> list[dict[str, Any]]:
-        """Per file: batches expected (from END) and indexed; complete once every batch is in."""
+    def completeness(self, file_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Per file (every file, or those of `file_ids`): batches expected (from END) and indexed;
+        complete once every batch is in."""
+        where, args = "", ()  # type: tuple[str, tuple[str, ...]]
+        if file_ids is not None:
+            args = tuple(file_ids)[:MAX_FILES_ASKED]
+            where = f" WHERE f.file_id IN ({','.join('?' * len(args))})"
         with self.reading() as conn:
             rows = conn.execute(
                 "SELECT f.dataset, f.file_id, f.phase, f.batch_count, f.reason,"
                 " (SELECT count(*) FROM file_batch b WHERE b.file_id = f.file_id"
                 "  AND (f.batch_count IS NULL OR b.batch_index < f.batch_count)), f.src_topic, f.src_partition"
-                " FROM file f ORDER BY f.dataset, f.file_id").fetchall()
+                f" FROM file f{where} ORDER BY f.dataset, f.file_id", args).fetchall()
         return [
             {"dataset": d, "file_id": f, "phase": phase or "UNKNOWN", "batches_expected": expected,
              "batches_indexed": indexed, "complete": phase == "END" and expected is not None and indexed >= expected,
              "reason": reason}
             for d, f, phase, expected, reason, indexed, topic, partition in rows if self.serves(topic, partition)
         ]
+
+    def datasets(self) -> list[str]:
+        """Datasets this worker holds files of (one read of the file table, not a completeness list)."""
+        with self.reading() as conn:
+            rows = conn.execute("SELECT DISTINCT dataset, src_topic, src_partition FROM file").fetchall()
+        return sorted({d for d, topic, partition in rows if self.serves(topic, partition)})
 
     def size(self) -> dict[str, Any]:
         """What this worker answers for: distinct variants, participants with released genotypes or a

@@ -113,10 +113,13 @@ class Deployment:
         shutil.copyfile(path, tmp)
         tmp.rename(target / (name or path.name))
 
-    def files(self) -> list[dict[str, Any]]:
+    def files(self, *file_ids: str) -> list[dict[str, Any]]:
+        """The index's completeness of every file, or of `file_ids` alone."""
+        import urllib.parse
         import urllib.request
 
-        with urllib.request.urlopen(self.query_url + "/completeness", timeout=5) as r:
+        asked = "?" + urllib.parse.urlencode({"file_id": file_ids}, doseq=True) if file_ids else ""
+        with urllib.request.urlopen(self.query_url + "/completeness" + asked, timeout=5) as r:
             return list(json.load(r))
 
 
@@ -288,6 +291,10 @@ def test_3_a_stopped_service_is_reported_down_and_its_lag_grows_until_it_is_back
     deployment.gdx("wait", "--idle", "--timeout", "120")
     wait_for(lambda: {f["file_id"] for f in deployment.files() if f["complete"]} == set(deployment.file_ids), 60,
              what="the files sent while consent_gate was down complete")
+    # a poller waiting for some files asks for them alone
+    first, last = deployment.file_ids[0], deployment.file_ids[-1]
+    assert [f["file_id"] for f in deployment.files(last, first)] == sorted([first, last])
+    assert deployment.files("sha256:" + "0" * 64) == []
     state = deployment.status()
     assert all(state["services"][s]["up"] for s in state["services"])
     assert state["services"]["consent_gate"]["lag_total"] == 0

@@ -449,6 +449,21 @@ def test_file_completeness_and_failed_files(store):
     assert (state["phase"], state["complete"]) == ("FAILED", False)
 
 
+def test_completeness_of_named_files_and_the_datasets_held(store):
+    handler = IndexHandler(store)
+    for n, dataset in enumerate(("ds2", "ds1", "ds1")):
+        fid = f"sha256:f{n}"
+        handler.handle("org.gdx.PseudoFileManifest", manifest("START", file_id=fid, dataset=dataset))
+        handler.handle("org.gdx.ReleasedVariantBatch", batch(["A"], [record(100 + n, "A", ["G"], [(0, 1)])],
+                                                             file_id=fid, dataset=dataset))
+        handler.handle("org.gdx.PseudoFileManifest", manifest("END", file_id=fid, dataset=dataset, batch_count=1))
+    assert [f["file_id"] for f in handler.completeness()] == ["sha256:f1", "sha256:f2", "sha256:f0"]
+    named = handler.completeness(["sha256:f2", "sha256:f0", "sha256:unknown"])
+    assert [(f["file_id"], f["complete"]) for f in named] == [("sha256:f2", True), ("sha256:f0", True)]
+    assert handler.completeness([]) == []
+    assert store.datasets() == ["ds1", "ds2"]
+
+
 def test_bad_events_are_permanent_errors(store):
     handler = IndexHandler(store)
     with pytest.raises(PermanentError):
