@@ -11,6 +11,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# jemalloc: `gdx serve index` preloads it (GDX_INDEX_ALLOCATOR); glibc's heap fragments under its load
+RUN apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libjemalloc2 \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first, from pyproject.toml alone, so code changes do not reinstall them. Every pinned
 # dependency (pysam, crc32c, fastavro, cryptography) has a manylinux wheel for CPython 3.11: no
 # compiler is needed.
