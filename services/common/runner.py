@@ -41,6 +41,8 @@ EXIT_TRANSIENT = 75
 # Longest a consumer may stay mid-rebalance at all (waiting for slower members included) before the
 # worker starts over with a new one (seconds); shorter limits: rejoin_timeout_s (see _watch_group).
 REBALANCE_LIMIT_S = 300.0
+# Least time between two attempts to commit offsets whose commit failed (seconds).
+COMMIT_RETRY_S = 1.0
 # How often a service collects its cyclic garbage and hands the memory malloc holds free back to the
 # system (seconds); see tidy_heap.
 TRIM_INTERVAL_S = 60.0
@@ -166,6 +168,10 @@ class Runner:
         self._unsettled: set[TopicPartition] = set()
         self._rebalance_lock = threading.Lock()
         self._events_since_start = 0
+        # offsets whose commit failed (the broker away): committed again on a later loop turn, or the
+        # group's lag stayed above zero for good when no more input came
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._commit_retry_at = 0.0
         self.consumer: Any = None
         self.producer: EventProducer | None = None
         self.health_server: HealthServer | None = None
@@ -297,6 +303,7 @@ class Runner:
                 self._settle_assignment()
                 n = self._process_poll(polled)
                 n += self._tick()
+                self._retry_commit()
                 if n or not self.assignment:  # idle only counts once partitions are taken on
                     idle_since = time.monotonic()
                 elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
@@ -515,8 +522,28 @@ class Runner:
         try:
             self.consumer.commit({tp: OffsetAndMetadata(o, metadata, -1) for tp, o in offsets.items()})
         except KafkaError as exc:
-            # a rebalance took the partition away: the new owner reprocesses from the last commit
-            log.warning("offset commit failed; events will be reprocessed", extra={"error": str(exc)})
+            # the broker away: committed again later (_retry_commit); a rebalance took the partition away:
+            # the new owner reprocesses from the last commit
+            log.warning("offset commit failed; retried while the partition stays here, otherwise its events"
+                        " will be reprocessed", extra={"error": str(exc)})
+            for tp, offset in offsets.items():
+                self._uncommitted[tp] = max(offset, self._uncommitted.get(tp, offset))
+            self._commit_retry_at = time.monotonic() + COMMIT_RETRY_S
+            return
+        for tp, offset in offsets.items():
+            if self._uncommitted.get(tp, offset + 1) <= offset:
+                del self._uncommitted[tp]
+
+    def _retry_commit(self) -> None:
+        """Commit again what a failed commit left, for the partitions still taken on here, at most every
+        COMMIT_RETRY_S: with no more input, nothing else would, and the lag would stay above zero."""
+        if not self._uncommitted or time.monotonic() < self._commit_retry_at:
+            return
+        settled = self.assignment
+        for tp in [tp for tp in self._uncommitted if tp not in settled]:
+            del self._uncommitted[tp]  # the partition moved on: its new owner resumes from the last commit
+        if self._uncommitted:
+            self._commit(dict(self._uncommitted))
 
     def _handover(self) -> None:
         """On a clean stop or a revoke (everything polled is processed and flushed): commit the
