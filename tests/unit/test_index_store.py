@@ -592,10 +592,7 @@ def test_a_burst_of_reads_gives_its_connections_and_their_caches_back(tmp_path):
 
     store = IndexStore(tmp_path / "index.sqlite3")
     try:
-        samples = [f"S{i}" for i in range(50)]
-        for b in range(20):
-            rows = [record(b * 10_000 + 10 * i + 1, "A", ["G"], [(0, 1)] * 50) for i in range(500)]
-            store.add_batch(batch(samples, rows, batch_index=b))
+        fill(store, samples=50, batches=20, per_batch=500)
         before = sqlite_memory_bytes()
         assert before is not None and before > 0
         burst = READERS_KEPT + 6
@@ -617,6 +614,14 @@ def test_a_burst_of_reads_gives_its_connections_and_their_caches_back(tmp_path):
         store.close()
 
 
+def fill(store: IndexStore, samples: int, batches: int, per_batch: int) -> None:
+    """`batches` batches of `per_batch` variants 10 bases apart, every sample heterozygous."""
+    names = [f"S{i}" for i in range(samples)]
+    for b in range(batches):
+        rows = [record(b * 10 * per_batch + 10 * i + 1, "A", ["G"], [(0, 1)] * samples) for i in range(per_batch)]
+        store.add_batch(batch(names, rows, batch_index=b))
+
+
 def _is_open(conn: sqlite3.Connection) -> bool:
     try:
         conn.execute("SELECT 1")
@@ -632,10 +637,7 @@ def test_a_variant_query_stops_once_its_client_stops_waiting(tmp_path):
 
     store = IndexStore(tmp_path / "index.sqlite3")
     try:
-        samples = [f"S{i}" for i in range(20)]
-        for b in range(10):
-            rows = [record(b * 100_000 + 10 * i + 1, "A", ["G"], [(0, 1)] * 20) for i in range(2_000)]
-            store.add_batch(batch(samples, rows, batch_index=b))
+        fill(store, samples=20, batches=10, per_batch=2_000)
         everything = VariantQuery("1", (0,), (10**7,), granularity="count")
         asked = [0]
 
