@@ -301,8 +301,6 @@ def _freeze_imports() -> None:
     """Leave what importing the service made (modules, classes, functions: about 70,000 objects that live as
     long as the process) out of the cyclic collector's passes. A full pass over them took 110 ms here, and a
     service makes one a minute (`tidy_heap`); without them it takes about a millisecond."""
-    import gc
-
     gc.collect()  # garbage of the imports is freed, not kept for good
     gc.freeze()
 
